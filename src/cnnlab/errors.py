@@ -1,0 +1,21 @@
+"""Typed errors. The CLI turns each into one line on stderr and exit code 2."""
+
+
+class CnnlabError(Exception):
+    """A problem with the user's input or environment, explained in one line."""
+
+
+class DataError(CnnlabError):
+    """A data file or folder is missing, unreadable or malformed."""
+
+
+class ConfigError(CnnlabError):
+    """A recipe or an override is invalid."""
+
+
+class CheckpointError(CnnlabError):
+    """A run folder or checkpoint is missing, torn or not ours."""
+
+
+class TrainingError(CnnlabError):
+    """Training cannot go on (for example a non-finite loss)."""
