@@ -1,0 +1,41 @@
+# Two entry points: `make demo` (install everything, train a short run) and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+STAMP  := $(VENV)/.installed
+
+.PHONY: install system-deps demo test test-slow lint clean
+
+install: $(STAMP)
+
+# Debian/Ubuntu: the official Fashion-MNIST files come as a package; elsewhere cnnlab downloads them.
+system-deps:
+	@if command -v apt-get >/dev/null 2>&1 && ! dpkg -s dataset-fashion-mnist >/dev/null 2>&1; then \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist; fi
+
+# torch is installed on its own, pinned: an unpinned resolve pulls a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	$(MAKE) system-deps
+	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+demo: install
+	$(BIN)/cnnlab fashion train --recipe seed-a --epochs 3 --out runs/demo-fashion-$$(date +%Y%m%d-%H%M%S)
+
+test: install
+	$(BIN)/ruff check src tests
+	$(BIN)/pytest -q
+
+test-slow: install
+	$(BIN)/pytest -q -m slow
+
+lint: install
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -1,0 +1,7 @@
+"""cnnlab: train, evaluate and explain small CNNs (Fashion-MNIST classification, facade segmentation)."""
+
+__version__ = "0.1.0"
+
+from .api import evaluate, load_model, predict, sweep_activations, train
+
+__all__ = ["__version__", "evaluate", "load_model", "predict", "sweep_activations", "train"]

@@ -1,0 +1,309 @@
+"""Analysis figures. Each `plot_*` writes NAME.png and the numbers behind it as NAME.json."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.patches import Patch
+
+from ..checkpoint import atomic_write
+
+DPI = 110
+
+
+def _to_jsonable(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        obj = obj.tolist()
+    if isinstance(obj, np.ndarray):
+        obj = obj.tolist()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {str(k): _to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_to_jsonable(v) for v in obj]
+    return obj
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(_to_jsonable(obj), indent=1)))
+
+
+def _save(fig: plt.Figure, path: Path, data: Any) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    atomic_write(path.with_suffix(".png"), lambda tmp: fig.savefig(tmp, dpi=DPI, format="png"))
+    plt.close(fig)
+    write_json(path.with_suffix(".json"), data)
+    return path.with_suffix(".png")
+
+
+def smooth(values: Sequence[float], window: int) -> np.ndarray:
+    v = np.asarray(values, dtype=float)
+    if window <= 1 or len(v) < window:
+        return v
+    return np.convolve(v, np.ones(window) / window, mode="valid")
+
+
+def plot_curves(history: list[dict], path: Path, metric: str = "acc", metric_label: str = "accuracy") -> Path:
+    """Loss and `metric` over training: per batch (smoothed) and per epoch, training and validation."""
+    batches = [r for r in history if r["kind"] == "batch"]
+    epochs = [r for r in history if r["kind"] == "epoch"]
+    steps_per_epoch = epochs[0]["step"] if epochs else max(1, len(batches))
+    window = max(1, steps_per_epoch // 10)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    data: dict[str, Any] = {"smoothing_window": window, "epoch": [r["epoch"] for r in epochs]}
+    for ax, key, label in ((axes[0], "loss", "loss"), (axes[1], "acc", "accuracy")):
+        if batches:
+            x = np.array([r["step"] for r in batches]) / steps_per_epoch
+            y = smooth([r[key] for r in batches], window)
+            ax.plot(x[len(x) - len(y) :], y, color="tab:blue", alpha=0.35, lw=1, label=f"train {label} (per batch)")
+        ep = [r["epoch"] for r in epochs]
+        tr, va = [r[f"train_{key}"] for r in epochs], [r.get(f"val_{key}") for r in epochs]
+        ax.plot(ep, tr, "o-", color="tab:blue", label=f"train {label} (epoch mean)")
+        ax.plot(ep, va, "s-", color="tab:orange", label=f"validation {label}")
+        data[f"train_{key}"], data[f"val_{key}"] = tr, va
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if metric != "acc":
+        ax2 = axes[1].twinx()
+        vm = [r.get(f"val_{metric}") for r in epochs]
+        ax2.plot([r["epoch"] for r in epochs], vm, "^-", color="tab:green", label=f"validation {metric_label}")
+        ax2.set_ylabel(metric_label)
+        ax2.legend(fontsize=8, loc="lower center")
+        data[f"val_{metric}"] = vm
+    axes[0].set_title("Loss")
+    axes[1].set_title("Accuracy" if metric == "acc" else f"Pixel accuracy and {metric_label}")
+    return _save(fig, path, data)
+
+
+def plot_per_class_over_epochs(
+    epochs: list[int],
+    values: list[list[float]],
+    classes: Sequence[str],
+    path: Path,
+    ylabel: str,
+    colors: Sequence[str] | None = None,
+) -> Path:
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    arr = np.array(values, dtype=float)
+    for c, name in enumerate(classes):
+        ax.plot(epochs, arr[:, c], "o-", ms=3, label=name, color=colors[c] if colors else None)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2 if len(classes) > 5 else 1, loc="lower right")
+    ax.set_title(f"Validation {ylabel} per class")
+    return _save(fig, path, {"epoch": epochs, "classes": list(classes), "values": arr})
+
+
+def plot_per_class_table(
+    columns: dict[str, list[float]], classes: Sequence[str], path: Path, title: str, colors: Sequence[str] | None = None
+) -> Path:
+    """Grouped bars per class for each column (e.g. validation and test), with the numbers printed."""
+    fig, ax = plt.subplots(figsize=(max(7, len(classes) * 0.9), 4.2))
+    width = 0.8 / len(columns)
+    for j, (name, vals) in enumerate(columns.items()):
+        xs = np.arange(len(classes)) + (j - (len(columns) - 1) / 2) * width
+        bars = ax.bar(
+            xs,
+            np.nan_to_num(np.array(vals, dtype=float)),
+            width,
+            label=name,
+            color=colors if colors and len(columns) == 1 else None,
+            edgecolor="black",
+            lw=0.5,
+        )
+        ax.bar_label(bars, labels=[f"{v:.2f}" if v == v else "n/a" for v in vals], fontsize=7, rotation=90, padding=2)
+    ax.set_xticks(np.arange(len(classes)), classes, rotation=30, ha="right")
+    ax.set_ylim(0, 1.15)
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path, {"classes": list(classes), **columns})
+
+
+def plot_confusion(cm: torch.Tensor, classes: Sequence[str], path: Path, title: str) -> Path:
+    """Counts and row-normalised confusion matrices side by side (rows: truth, columns: prediction)."""
+    counts = cm.double()
+    norm = counts / counts.sum(1, keepdim=True).clamp_min(1)
+    fig, axes = plt.subplots(1, 2, figsize=(14, 6))
+    for ax, mat, fmt, name in ((axes[0], counts, "{:.0f}", "counts"), (axes[1], norm, "{:.2f}", "row-normalised")):
+        ax.imshow(norm.numpy(), cmap="Blues", vmin=0, vmax=1)
+        for i in range(len(classes)):
+            for j in range(len(classes)):
+                ax.text(
+                    j,
+                    i,
+                    fmt.format(mat[i, j].item()),
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if norm[i, j] > 0.5 else "black",
+                )
+        ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(len(classes)), classes, fontsize=8)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(f"{title} ({name})")
+    return _save(fig, path, {"classes": list(classes), "counts": cm, "normalised": norm})
+
+
+def plot_examples(
+    images: torch.Tensor,
+    true: torch.Tensor,
+    pred: torch.Tensor,
+    conf: torch.Tensor,
+    classes: Sequence[str],
+    path: Path,
+    per_class: int = 2,
+) -> Path:
+    """For each class (a row), `per_class` correctly and `per_class` wrongly classified images."""
+    n, cols, side, gap = len(classes), 2 * per_class, images.shape[-1], 4
+    # One axes per row with the tiles pasted side by side: ten axes draw far faster than forty.
+    fig, axes = plt.subplots(n, 1, figsize=(cols * 1.6 + 1.4, n * 1.55))
+    chosen: dict[str, dict[str, list[int]]] = {}
+    for c, ax in enumerate(np.atleast_1d(axes)):
+        right = torch.nonzero((true == c) & (pred == c)).flatten()[:per_class].tolist()
+        wrong = torch.nonzero((true == c) & (pred != c)).flatten()[:per_class].tolist()
+        chosen[classes[c]] = {"correct": right, "wrong": wrong}
+        row = np.full((side, cols * (side + gap)), np.nan)
+        for k, i in enumerate(right + [None] * (per_class - len(right)) + wrong):
+            if i is None or k >= cols:
+                continue
+            x0 = k * (side + gap)
+            row[:, x0 : x0 + side] = images[i, 0].numpy()
+            ok = k < per_class
+            ax.text(
+                x0 + side / 2,
+                -1,
+                f"{'✓' if ok else '✗'} {classes[int(pred[i])]} ({conf[i]:.0%})",
+                ha="center",
+                va="bottom",
+                fontsize=7,
+                color="green" if ok else "red",
+            )
+        ax.imshow(row, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_frame_on(False)
+        ax.set_ylabel(classes[c], rotation=0, ha="right", va="center", fontsize=8)
+    fig.suptitle(
+        f"True class per row: {per_class} correct (green) and {per_class} wrong (red: predicted label)", fontsize=9
+    )
+    return _save(
+        fig,
+        path,
+        {
+            "indices": chosen,
+            "wrong_predictions": {k: [classes[int(pred[i])] for i in v["wrong"]] for k, v in chosen.items()},
+        },
+    )
+
+
+def _mosaic(tiles: torch.Tensor, rows: int, cols: int, gap: int = 1) -> np.ndarray:
+    """(N,k,k) tiles into one (rows*(k+gap), cols*(k+gap)) image with NaN gaps (one imshow, not N)."""
+    n, kh, kw = tiles.shape
+    out = torch.full((rows * (kh + gap) - gap, cols * (kw + gap) - gap), float("nan"))
+    for i in range(n):
+        r, c = divmod(i, cols)
+        out[r * (kh + gap) : r * (kh + gap) + kh, c * (kw + gap) : c * (kw + gap) + kw] = tiles[i]
+    return out.numpy()
+
+
+def plot_filters(weight: torch.Tensor, path: Path, title: str) -> Path:
+    """Conv kernels (out, in, k, k): one tile per filter when in == 1, else a grid of in (rows) x out (cols)."""
+    w = weight.detach().float().cpu()
+    out_c, in_c, k, _ = w.shape
+    if in_c == 1:
+        cols = 8
+        rows = math.ceil(out_c / cols)
+        # Each first-layer filter is scaled on its own, as the reports show them (the pattern matters).
+        t = w[:, 0]
+        lo, hi = t.amin((1, 2), keepdim=True), t.amax((1, 2), keepdim=True)
+        img, cmap, lim = _mosaic((t - lo) / (hi - lo).clamp_min(1e-12), rows, cols), "gray", None
+        xlabel, ylabel = f"{out_c} filters ({k}x{k}), each scaled to its own range", ""
+    elif in_c * out_c <= 64 * 128:
+        rows, cols = in_c, out_c
+        img, cmap, lim = _mosaic(w.transpose(0, 1).reshape(-1, k, k), rows, cols), "RdBu_r", float(w.abs().max())
+        xlabel, ylabel = f"output filter (1..{out_c})", f"input channel (1..{in_c})"
+    else:  # too many kernels to read one by one: each output filter averaged over its inputs
+        cols = 16
+        rows = math.ceil(out_c / cols)
+        img, cmap, lim = _mosaic(w.mean(1), rows, cols), "RdBu_r", float(w.mean(1).abs().max())
+        xlabel, ylabel = f"{out_c} filters, averaged over their {in_c} input channels", ""
+    inch = min(14 / img.shape[1], 10 / img.shape[0], 0.12)  # inches per kernel pixel, aspect kept
+    fig, ax = plt.subplots(figsize=(1.2 + img.shape[1] * inch, 1.2 + img.shape[0] * inch))
+    ax.imshow(img, cmap=cmap, vmin=-lim if lim else None, vmax=lim, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_xlabel(xlabel, fontsize=8)
+    ax.set_ylabel(ylabel, fontsize=8)
+    ax.set_title(title, fontsize=9)
+    return _save(fig, path, {"shape": list(w.shape), "weights": w})
+
+
+def colorize(labels: torch.Tensor, colors: Sequence[tuple[int, int, int]]) -> np.ndarray:
+    """(H,W) class indices to an (H,W,3) uint8 colour image."""
+    return np.asarray(colors, dtype=np.uint8)[labels.long().numpy()]
+
+
+def plot_segmentation_cases(
+    images: torch.Tensor,
+    truths: torch.Tensor,
+    preds: torch.Tensor,
+    scores: list[float],
+    names: list[str],
+    classes: Sequence[str],
+    colors: Sequence[tuple[int, int, int]],
+    path: Path,
+    title: str,
+) -> Path:
+    """Rows of image | ground truth | prediction in the class colours, with a legend."""
+    n = len(images)
+    fig, axes = plt.subplots(n, 3, figsize=(9, 3 * n), squeeze=False)
+    for r in range(n):
+        panels = (images[r].permute(1, 2, 0).numpy(), colorize(truths[r], colors), colorize(preds[r], colors))
+        for c, (img, head) in enumerate(zip(panels, ("image", "ground truth", "prediction"), strict=True)):
+            axes[r, c].imshow(img, interpolation="nearest")
+            axes[r, c].axis("off")
+            axes[r, c].set_title(f"{names[r]}: {head}" + (f" (mIoU {scores[r]:.2f})" if c == 2 else ""), fontsize=8)
+    handles = [Patch(color=np.array(col) / 255, label=name) for name, col in zip(classes, colors, strict=True)]
+    fig.legend(handles=handles, loc="lower center", ncol=len(classes), fontsize=8, frameon=False)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0.04, 1, 0.97))
+    return _save(fig, path, {"names": names, "mean_iou": scores})
+
+
+def plot_sweep(histories: dict[str, list[dict]], path: Path, metric: str = "acc") -> Path:
+    """Validation loss and `metric` per epoch of several runs, overlaid."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    data: dict[str, Any] = {}
+    for name, hist in histories.items():
+        epochs = [r for r in hist if r["kind"] == "epoch"]
+        ep = [r["epoch"] for r in epochs]
+        data[name] = {
+            "epoch": ep,
+            "val_loss": [r["val_loss"] for r in epochs],
+            f"val_{metric}": [r[f"val_{metric}"] for r in epochs],
+        }
+        axes[0].plot(ep, data[name]["val_loss"], "o-", ms=3, label=name)
+        axes[1].plot(ep, data[name][f"val_{metric}"], "o-", ms=3, label=name)
+    for ax, label in zip(axes, ("validation loss", f"validation {metric}"), strict=True):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return _save(fig, path, data)

@@ -1,0 +1,119 @@
+import json
+
+import pytest
+import torch
+
+from cnnlab import checkpoint, engine
+from cnnlab.config import load_config
+from cnnlab.errors import CheckpointError, TrainingError
+from cnnlab.tasks.fashion import FashionTask
+
+
+def _cfg(data_dir, *extra):
+    return load_config(
+        "fashion",
+        "seed-a",
+        [
+            f"data.dir={data_dir}",
+            "train.epochs=2",
+            "train.batch_size=32",
+            "train.eval_batch_size=64",
+            "train.threads=1",
+            *extra,
+        ],
+    )
+
+
+def _rows(run_dir):
+    rows = engine.read_history(run_dir)
+    for r in rows:
+        r.pop("time_s", None)
+    return rows
+
+
+def _weights(run_dir, which="last"):
+    path = engine.RunPaths(run_dir).last if which == "last" else engine.RunPaths(run_dir).best
+    return checkpoint.load(path)["model"]
+
+
+def test_same_seed_same_metrics_and_run_folder_contents(tiny_fashion, tmp_path):
+    a = engine.train(_cfg(tiny_fashion), tmp_path / "a", progress=False)
+    b = engine.train(_cfg(tiny_fashion), tmp_path / "b", progress=False, finish=False)
+    assert _rows(a.run_dir) == _rows(b.run_dir)
+    assert a.best > 0.9  # the synthetic classes are easy: the loop must actually learn them
+    rows = _rows(a.run_dir)
+    assert [r["kind"] for r in rows].count("batch") == 2 * 17 and [r["kind"] for r in rows].count("epoch") == 2
+    assert len(rows[-1]["val_per_class_acc"]) == 10
+    for name in (
+        "config.yaml",
+        "environment.json",
+        "metrics.jsonl",
+        "eval_val.json",
+        "eval_test.json",
+        "checkpoints/last.safetensors",
+        "checkpoints/best.safetensors",
+    ):
+        assert (a.run_dir / name).is_file(), name
+    for fig in (
+        "curves",
+        "per_class_val_acc_over_epochs",
+        "per_class_accuracy",
+        "confusion_val",
+        "confusion_test",
+        "examples_test",
+        "filters_conv1",
+        "filters_conv2",
+    ):
+        assert (a.run_dir / "figures" / f"{fig}.png").stat().st_size > 1000, fig
+        assert json.loads((a.run_dir / "figures" / f"{fig}.json").read_text())
+    c = engine.train(_cfg(tiny_fashion, "train.seed=1"), tmp_path / "c", progress=False, finish=False)
+    assert _rows(c.run_dir) != _rows(a.run_dir)
+
+
+@pytest.mark.parametrize("stop_at", [5, 17, 25])  # mid-epoch 1, epoch boundary, mid-epoch 2
+def test_interrupted_then_resumed_equals_uninterrupted(tiny_fashion, tmp_path, stop_at):
+    full = engine.train(_cfg(tiny_fashion), tmp_path / "full", progress=False, finish=False)
+    part = engine.train(_cfg(tiny_fashion), tmp_path / "part", progress=False, max_steps=stop_at)
+    assert not part.completed and part.step == stop_at
+    done = engine.train(None, tmp_path / "part", resume=True, progress=False, finish=False)
+    assert done.completed and done.step == full.step
+    wa, wb = _weights(full.run_dir), _weights(done.run_dir)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert _rows(full.run_dir) == _rows(done.run_dir)  # no duplicated or missing rows
+
+
+def test_rows_written_after_the_checkpoint_are_cut_on_resume(tiny_fashion, tmp_path):
+    run = engine.train(_cfg(tiny_fashion), tmp_path / "r", progress=False, max_steps=10)
+    with open(run.run_dir / "metrics.jsonl", "a") as f:  # what a kill -9 after the checkpoint leaves
+        f.write('{"kind":"batch","step":11}\n{"kind":"ba')
+    engine.train(None, run.run_dir, resume=True, progress=False, finish=False)
+    steps = [r["step"] for r in _rows(run.run_dir) if r["kind"] == "batch"]
+    assert steps == list(range(1, 35))
+
+
+def test_non_finite_loss_stops_with_the_step(tiny_fashion, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real = FashionTask.loss
+
+    def loss(self, logits, y, cfg):
+        calls["n"] += 1
+        out = real(self, logits, y, cfg)
+        return out * float("nan") if calls["n"] == 4 else out
+
+    monkeypatch.setattr(FashionTask, "loss", loss)
+    with pytest.raises(TrainingError, match=r"loss became nan at step 3 .*last good checkpoint"):
+        engine.train(_cfg(tiny_fashion), tmp_path / "r", progress=False)
+
+
+def test_existing_run_folder_is_not_overwritten(tiny_fashion, tmp_path):
+    engine.train(_cfg(tiny_fashion), tmp_path / "r", progress=False, max_steps=1)
+    with pytest.raises(CheckpointError, match=r"already holds a run"):
+        engine.train(_cfg(tiny_fashion), tmp_path / "r", progress=False)
+
+
+def test_lr_schedules():
+    cfg = load_config("fashion", "seed-a", ["optim.schedule=onecycle", "optim.warmup_fraction=0.1"])
+    lrs = [engine.lr_at(cfg, s, 100) for s in range(100)]
+    assert lrs[9] == pytest.approx(1e-3) and lrs[0] == pytest.approx(1e-4) and lrs[-1] < 2e-5
+    cfg = load_config("fashion", "seed-a", ["optim.schedule=cosine"])
+    assert engine.lr_at(cfg, 0, 100) == pytest.approx(1e-3) and engine.lr_at(cfg, 50, 100) == pytest.approx(5e-4)
