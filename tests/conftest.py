@@ -62,3 +62,46 @@ def require_data(path: Path, what: str) -> Path:
 @pytest.fixture(scope="session")
 def real_fashion() -> Path:
     return require_data(FASHION_REAL, "Fashion-MNIST (Debian package dataset-fashion-mnist)")
+
+
+FACADE_REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cs194-26_mini_facade" / "train"
+FACADE_PALETTE = [0, 0, 0, 0, 128, 255, 128, 255, 128, 255, 128, 0, 255, 0, 0]
+
+
+def synthetic_facade(size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """An RGB image and its label map: facade background, a grid of windows, a pillar, a balcony strip."""
+    rng = np.random.default_rng(seed)
+    label = np.ones((size, size), np.uint8)
+    label[: size // 8] = 0
+    step = size // 4
+    for r in range(size // 4, size, step):
+        for c in range(step // 3 + int(rng.integers(0, 3)), size - step // 2, step):
+            label[r : r + step // 2, c : c + step // 3] = 3
+    label[size // 2 : size // 2 + 3, :] = 4
+    label[:, : max(2, size // 16)] = 2
+    colours = np.array([[20, 20, 20], [200, 180, 150], [240, 240, 240], [40, 60, 90], [150, 30, 30]])
+    image = colours[label] + rng.integers(-25, 25, (size, size, 3))
+    return image.clip(0, 255).astype(np.uint8), label
+
+
+def make_facade_dir(folder: Path, n: int = 12, size: int = 64) -> Path:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        image, label = synthetic_facade(size, i)
+        Image.fromarray(image).save(folder / f"eecs442_{i:04d}.jpg", quality=95)
+        im = Image.fromarray(label, "P")
+        im.putpalette(FACADE_PALETTE)
+        im.save(folder / f"eecs442_{i:04d}.png")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_facade(tmp_path_factory) -> Path:
+    return make_facade_dir(tmp_path_factory.mktemp("facade"))
+
+
+@pytest.fixture(scope="session")
+def real_facade() -> Path:
+    return require_data(FACADE_REAL, "the mini-facade set (../shared/data/cs194-26_mini_facade)")

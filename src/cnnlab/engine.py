@@ -30,7 +30,7 @@ from .config import RunConfig, config_from_dict, dump_config
 from .errors import CheckpointError, TrainingError
 from .tasks import Batchable, Task, get_task
 
-console = Console(stderr=True, highlight=False)
+console = Console(stderr=True, highlight=False, soft_wrap=True)
 _DEFAULT_THREADS = torch.get_num_threads()  # one per physical core: what torch picks, before any run changes it
 
 

@@ -1,0 +1,92 @@
+"""Segment the user's own facade photos: any size, tiled inference, label map + overlay + areas.
+
+Scale matters more than size: the nets learned from 256x256 crops showing a good part of one
+facade, so a photo is first resized so its longer side is `work_size` (default 512; smaller photos
+are left as they are), then covered by overlapping 256x256 tiles whose class probabilities are
+averaged where they overlap, and finally the probabilities are resized back to the photo's size.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .checkpoint import atomic_write
+from .data import facade as fdata
+from .data.images import load_photo
+from .report.figures import colorize, write_json
+from .tasks import Task
+
+TILE, OVERLAP = 256, 64
+
+
+def _starts(length: int, tile: int, step: int) -> list[int]:
+    if length <= tile:
+        return [0]
+    starts = list(range(0, length - tile, step))
+    return [*starts, length - tile]
+
+
+@torch.inference_mode()
+def segment(model: torch.nn.Module, task: Task, img: torch.Tensor, work_size: int = 512) -> torch.Tensor:
+    """uint8 (3,H,W) photo -> float (C,H,W) class probabilities."""
+    model.eval()
+    _, h, w = img.shape
+    scale = min(1.0, work_size / max(h, w))
+    x = task.eval_inputs(img[None])
+    if scale < 1.0:
+        x = F.interpolate(x, size=(max(1, round(h * scale)), max(1, round(w * scale))), mode="area")
+    _, _, sh, sw = x.shape
+    probs = torch.zeros(1, len(task.classes), sh, sw)
+    hits = torch.zeros(1, 1, sh, sw)
+    for top in _starts(sh, TILE, TILE - OVERLAP):
+        for left in _starts(sw, TILE, TILE - OVERLAP):
+            tile = x[..., top : top + TILE, left : left + TILE]
+            probs[..., top : top + TILE, left : left + TILE] += model(tile).float().softmax(1)
+            hits[..., top : top + TILE, left : left + TILE] += 1
+    probs /= hits
+    if (sh, sw) != (h, w):
+        probs = F.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)
+    return probs[0]
+
+
+def _label_png(labels: torch.Tensor) -> Image.Image:
+    """A palette PNG whose pixel values are the class indices, shown in the class colours."""
+    im = Image.fromarray(labels.to(torch.uint8).numpy(), mode="P")
+    im.putpalette([v for rgb in fdata.COLORS for v in rgb])
+    return im
+
+
+def segment_files(
+    model: torch.nn.Module, task: Task, paths: list[Path], out_dir: Path, work_size: int = 512
+) -> list[dict[str, Any]]:
+    """Write NAME_labels.png, NAME_overlay.jpg and NAME_areas.json for each photo into `out_dir`."""
+    photos = [(p, *load_photo(p, mode="RGB")) for p in paths]  # every input checked before any output
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = []
+    for path, img, notes in photos:
+        _, h, w = img.shape
+        if max(h, w) > work_size:
+            notes.append(f"segmented at {work_size} px on the longer side, then resized back to {w}x{h}")
+        labels = segment(model, task, img, work_size).argmax(0)
+        colour = colorize(labels, fdata.COLORS)
+        photo = img.permute(1, 2, 0).numpy()
+        overlay = (0.5 * photo + 0.5 * colour).astype(np.uint8)
+        area = torch.bincount(labels.flatten(), minlength=len(task.classes)).double() / labels.numel()
+        shares = {c: float(a) for c, a in zip(task.classes, area, strict=True)}
+        label_png, overlay_jpg = out_dir / f"{path.stem}_labels.png", out_dir / f"{path.stem}_overlay.jpg"
+        atomic_write(label_png, partial(_label_png(labels).save, format="PNG"))
+        atomic_write(overlay_jpg, partial(Image.fromarray(overlay).save, format="JPEG", quality=90))
+        write_json(
+            out_dir / f"{path.stem}_areas.json", {"file": str(path), "size": [w, h], "area": shares, "notes": notes}
+        )
+        results.append(
+            {"file": str(path), "notes": notes, "area": shares, "labels": str(label_png), "overlay": str(overlay_jpg)}
+        )
+    return results

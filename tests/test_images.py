@@ -1,0 +1,156 @@
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cnnlab.data.images import load_photo
+from cnnlab.errors import DataError
+
+
+def _noise(h: int, w: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def _raises_one_line(path, match: str, **kwargs) -> str:
+    with pytest.raises(DataError, match=match) as info:
+        load_photo(path, **kwargs)
+    message = str(info.value)
+    assert "\n" not in message and str(path) in message
+    return message
+
+
+def test_plain_rgb_png_roundtrips_exactly(tmp_path):
+    pixels = _noise(7, 5)
+    Image.fromarray(pixels).save(tmp_path / "a.png")
+    image, notes = load_photo(tmp_path / "a.png")
+    assert image.dtype == torch.uint8 and image.shape == (3, 7, 5)
+    assert torch.equal(image, torch.from_numpy(pixels).permute(2, 0, 1))
+    assert notes == []
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    # 40 wide, 20 high: left half red, right half blue. Orientation 6 = rotate 90 degrees clockwise
+    # to display, so the upright image is 20 wide, 40 high with red on top.
+    pixels = np.zeros((20, 40, 3), dtype=np.uint8)
+    pixels[:, :20, 0] = 255
+    pixels[:, 20:, 2] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(pixels).save(tmp_path / "r.jpg", exif=exif, quality=95)
+    image, notes = load_photo(tmp_path / "r.jpg")
+    assert image.shape == (3, 40, 20)
+    assert notes == ["rotated per EXIF orientation 6"]
+    top, bottom = image[:, 2:18].float().mean(dim=(1, 2)), image[:, 22:38].float().mean(dim=(1, 2))
+    assert top[0] > 200 and top[2] < 50
+    assert bottom[2] > 200 and bottom[0] < 50
+
+
+def test_grey_png_to_rgb_and_to_l(tmp_path):
+    grey = np.arange(12, dtype=np.uint8).reshape(3, 4) * 20
+    Image.fromarray(grey, "L").save(tmp_path / "g.png")
+    image, notes = load_photo(tmp_path / "g.png")
+    assert image.shape == (3, 3, 4)
+    assert all(torch.equal(image[c], torch.from_numpy(grey)) for c in range(3))
+    assert notes == ["converted from greyscale to RGB"]
+    image, notes = load_photo(tmp_path / "g.png", mode="L")
+    assert image.shape == (1, 3, 4) and torch.equal(image[0], torch.from_numpy(grey)) and notes == []
+
+
+def test_rgb_to_l_uses_luma(tmp_path):
+    Image.fromarray(np.full((2, 2, 3), (255, 0, 0), dtype=np.uint8)).save(tmp_path / "red.png")
+    image, notes = load_photo(tmp_path / "red.png", mode="L")
+    assert image.shape == (1, 2, 2) and abs(int(image[0, 0, 0]) - 76) <= 1
+    assert notes == ["converted from RGB to L"]
+
+
+def test_rgba_is_composited_on_white(tmp_path):
+    rgba = np.zeros((2, 3, 4), dtype=np.uint8)
+    rgba[0] = (10, 20, 30, 255)  # opaque row keeps its colour
+    rgba[1] = (10, 20, 30, 0)  # transparent row becomes white
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "t.png")
+    image, notes = load_photo(tmp_path / "t.png")
+    assert image[:, 0].T.tolist() == [[10, 20, 30]] * 3
+    assert image[:, 1].T.tolist() == [[255, 255, 255]] * 3
+    assert notes == ["converted from RGBA to RGB (alpha composited on white)"]
+
+
+def test_palette_with_transparency_is_composited(tmp_path):
+    im = Image.fromarray(np.array([[0, 1]], dtype=np.uint8), "P")
+    im.putpalette([0, 0, 0, 200, 100, 50] + [0] * 762)
+    im.save(tmp_path / "p.png", transparency=0)
+    image, notes = load_photo(tmp_path / "p.png")
+    assert image[:, 0, 0].tolist() == [255, 255, 255] and image[:, 0, 1].tolist() == [200, 100, 50]
+    assert notes == ["converted from palette to RGB (alpha composited on white)"]
+
+
+def test_16_bit_grey_is_scaled(tmp_path):
+    wide = np.array([[0, 257 * 100, 65535]], dtype=np.uint16)
+    Image.fromarray(wide).save(tmp_path / "w.png")
+    assert Image.open(tmp_path / "w.png").mode.startswith("I")
+    image, notes = load_photo(tmp_path / "w.png")
+    assert image[0].tolist() == [[0, 100, 255]]
+    assert notes == ["converted from 16-bit grey to RGB"]
+
+
+def test_cmyk_jpeg(tmp_path):
+    Image.new("CMYK", (8, 8), (0, 0, 0, 0)).save(tmp_path / "c.jpg")
+    image, notes = load_photo(tmp_path / "c.jpg")
+    assert image.shape == (3, 8, 8) and image.float().mean() > 240  # no ink = white
+    assert notes == ["converted from CMYK to RGB"]
+
+
+def test_one_bit_png(tmp_path):
+    Image.fromarray(np.array([[True, False]])).convert("1").save(tmp_path / "b.png")
+    image, notes = load_photo(tmp_path / "b.png")
+    assert image[:, 0].T.tolist() == [[255, 255, 255], [0, 0, 0]]
+    assert notes == ["converted from 1-bit black/white to RGB"]
+
+
+def test_one_by_one_image_loads(tmp_path):
+    Image.new("RGB", (1, 1), (1, 2, 3)).save(tmp_path / "dot.png")
+    image, _ = load_photo(tmp_path / "dot.png")
+    assert image.tolist() == [[[1]], [[2]], [[3]]]
+
+
+@pytest.mark.parametrize("suffix", ["jpg", "png"])
+def test_truncated_file_is_refused(tmp_path, suffix):
+    Image.fromarray(_noise(64, 64)).save(tmp_path / f"full.{suffix}")
+    data = (tmp_path / f"full.{suffix}").read_bytes()
+    (tmp_path / f"cut.{suffix}").write_bytes(data[: len(data) // 2])
+    _raises_one_line(tmp_path / f"cut.{suffix}", "not a readable image")
+
+
+def test_non_image_empty_missing_and_folder_are_refused(tmp_path):
+    (tmp_path / "notes.jpg").write_text("not a picture\n")
+    _raises_one_line(tmp_path / "notes.jpg", "not a readable image")
+    (tmp_path / "empty.png").write_bytes(b"")
+    _raises_one_line(tmp_path / "empty.png", "empty")
+    _raises_one_line(tmp_path / "missing.jpg", "not found")
+    _raises_one_line(tmp_path, "folder")
+
+
+def _png_declaring(path, width: int, height: int) -> None:
+    """A tiny valid PNG whose IHDR is then patched to declare width x height."""
+    Image.new("1", (8, 8)).save(path)
+    data = bytearray(path.read_bytes())
+    ihdr = bytes(data[12:16]) + struct.pack(">II", width, height) + bytes(data[24:29])
+    data[16:24] = ihdr[4:12]
+    data[29:33] = struct.pack(">I", zlib.crc32(ihdr))
+    path.write_bytes(bytes(data))
+
+
+def test_declared_size_over_limit_is_refused_before_decoding(tmp_path):
+    _png_declaring(tmp_path / "big.png", 8000, 8000)  # 64M pixels: over ours, under PIL's own limit
+    message = _raises_one_line(tmp_path / "big.png", "over the limit")
+    assert "8000x8000" in message
+    Image.new("RGB", (100, 100)).save(tmp_path / "small.png")
+    _raises_one_line(tmp_path / "small.png", "over the limit", max_pixels=5000)
+
+
+def test_decompression_bomb_is_refused(tmp_path):
+    _png_declaring(tmp_path / "bomb.png", 60000, 60000)  # 3.6G pixels: PIL itself refuses at open
+    _raises_one_line(tmp_path / "bomb.png", "decompression bomb", max_pixels=10**10)
+    _raises_one_line(tmp_path / "bomb.png", "decompression bomb|over the limit")
