@@ -28,9 +28,9 @@ def test_roundtrip_restores_optimizer_state_with_int_keys(tmp_path):
 def test_corruption_is_detected_and_previous_used(tmp_path):
     path = tmp_path / "last.safetensors"
     _, _, state = _state()
-    checkpoint.save_rotating(path, state)
+    checkpoint.save(path, state, keep_previous=True)
     state["state"]["step"] = 8
-    checkpoint.save_rotating(path, state)
+    checkpoint.save(path, state, keep_previous=True)
     raw = bytearray(path.read_bytes())
     raw[-3] ^= 0xFF  # flip a bit in the tensor data
     path.write_bytes(bytes(raw))
@@ -55,3 +55,22 @@ def test_pickle_is_refused_and_never_executed(tmp_path):
     with pytest.raises(CheckpointError):
         checkpoint.load(path)
     assert not marker.exists()
+
+
+def test_disk_full_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    import errno
+
+    path = tmp_path / "last.safetensors"
+    _, _, state = _state()
+    checkpoint.save(path, state, keep_previous=True)
+    before = path.read_bytes()
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "save_file", full)
+    state["state"]["step"] = 99
+    with pytest.raises(CheckpointError, match=r"cannot write \(No space left on device\); free disk space"):
+        checkpoint.save(path, state, keep_previous=True)
+    assert path.read_bytes() == before and checkpoint.load(path)["state"]["step"] == 7
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.safetensors"]  # no temporary file left

@@ -4,10 +4,13 @@ import http.server
 import threading
 import typing
 
+import hypothesis.extra.numpy as hnp
 import numpy as np
 import pytest
 import torch
 from conftest import idx_bytes, make_fashion_dir, synthetic_fashion, write_idx
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cnnlab.data import fashion
 from cnnlab.errors import DataError
@@ -135,3 +138,25 @@ def test_real_files_match_official_checksums(real_fashion):
         assert hashlib.sha256(gzip.decompress((real_fashion / f"{stem}.gz").read_bytes())).hexdigest() == sha
     test = fashion.read_split(real_fashion, "t10k")
     assert test.x.shape == (10000, 1, 28, 28) and torch.bincount(test.y).tolist() == [1000] * 10
+
+
+@settings(max_examples=300, deadline=None)
+@given(raw=st.binary(max_size=120), ndim=st.integers(1, 3))
+def test_parse_idx_on_arbitrary_bytes_returns_valid_arrays_or_data_errors(raw, ndim):
+    try:
+        arr = fashion.parse_idx(raw, "fuzz", ndim)
+    except DataError as e:
+        assert str(e).startswith("fuzz: ") and "\n" not in str(e)
+        return
+    assert arr.ndim == ndim and arr.dtype == np.uint8 and arr.size == len(raw) - 4 - 4 * ndim
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    arr=hnp.arrays(np.uint8, hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=6)), cut=st.integers(1, 50)
+)
+def test_parse_idx_roundtrip_and_any_truncation_is_caught(arr, cut):
+    raw = idx_bytes(arr)
+    assert np.array_equal(fashion.parse_idx(raw, "ok", arr.ndim), arr)
+    with pytest.raises(DataError):
+        fashion.parse_idx(raw[: max(0, len(raw) - cut)], "cut", arr.ndim)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from . import engine
+from .checkpoint import atomic_write
 from .config import RunConfig, load_config
 from .engine import TrainResult, load_model
 
@@ -89,6 +90,6 @@ def sweep_activations(
         f"| {a} | {r['best_val_acc']:.4f} | {r['final_val_acc']:.4f} | {r['test_acc']:.4f} |"
         for a, r in results.items()
     ]
-    (out / "sweep.md").write_text("\n".join(lines) + "\n")
+    atomic_write(out / "sweep.md", lambda tmp: tmp.write_text("\n".join(lines) + "\n"))
     plot_sweep({a: engine.read_history(out / a) for a in results}, out / "sweep")
     return results

@@ -58,8 +58,12 @@ def _digest(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def atomic_write(path: Path, write) -> None:
-    """Call write(tmp_path), fsync it, then rename over `path` (same folder, so the rename is atomic)."""
+def atomic_write(path: Path, write, keep_previous: Path | None = None) -> None:
+    """Call write(tmp_path), fsync it, then rename over `path` (same folder, so the rename is atomic).
+
+    With `keep_previous`, the old `path` is moved there first, once the new file is safely on disk.
+    A failed write (a full disk, say) leaves the old file untouched and raises CheckpointError.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -67,10 +71,16 @@ def atomic_write(path: Path, write) -> None:
         write(Path(tmp))
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        if keep_previous is not None and path.exists():
+            os.replace(path, keep_previous)
         os.replace(tmp, path)
-    except BaseException:
+    except OSError as e:
+        raise CheckpointError(
+            f"{path}: cannot write ({e.strerror or e}); free disk space or fix permissions; the previous file "
+            f"is unchanged"
+        ) from None
+    finally:
         Path(tmp).unlink(missing_ok=True)
-        raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
@@ -78,12 +88,16 @@ def atomic_write(path: Path, write) -> None:
         os.close(dir_fd)
 
 
-def save(path: Path, state: dict[str, Any]) -> None:
-    """Save a nested state (tensors anywhere inside) as one verified safetensors file."""
+def save(path: Path, state: dict[str, Any], keep_previous: bool = False) -> None:
+    """Save a nested state (tensors anywhere inside) as one verified safetensors file.
+
+    `keep_previous` keeps the file it replaces as `<name>.prev`, for `load_latest` to fall back on.
+    """
     tensors: dict[str, torch.Tensor] = {}
     tree = _flatten(state, "s", tensors)
     meta = {"format": FORMAT, "sha256": _digest(tensors), "state": json.dumps(tree)}
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+    previous = path.with_suffix(".prev") if keep_previous else None
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta), previous)
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -101,13 +115,6 @@ def load(path: Path) -> dict[str, Any]:
     if _digest(tensors) != meta.get("sha256"):
         raise CheckpointError(f"{path}: checksum mismatch, the checkpoint is corrupt")
     return _unflatten(json.loads(meta["state"]), tensors)
-
-
-def save_rotating(path: Path, state: dict[str, Any]) -> None:
-    """Save `path`, keeping the previous version as `<name>.prev` to fall back on."""
-    if path.is_file():
-        os.replace(path, path.with_suffix(".prev"))
-    save(path, state)
 
 
 def load_latest(path: Path) -> dict[str, Any]:

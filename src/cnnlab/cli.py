@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -37,11 +38,17 @@ def _task_app(task: str, title: str) -> typer.Typer:
         data_dir: str | None = typer.Option(None, help="Folder holding the dataset (default: auto-detect)."),
         out: Path | None = typer.Option(None, help="Run folder (default: runs/<task>-<recipe>-<time>)."),
         resume: Path | None = typer.Option(None, help="Continue the run in this folder where it stopped."),
+        device: str = typer.Option("cpu", help="cpu or cuda (under torchrun: one GPU per process)."),
+        max_steps: int | None = typer.Option(
+            None, min=1, help="Stop after N optimizer steps in total, as Ctrl-C would; continue with --resume."
+        ),
         progress: bool = typer.Option(True, help="Show progress bars."),
     ) -> None:
-        """Train a model; writes config, metrics.jsonl, checkpoints and figures into one run folder."""
+        """Train a model; writes config, metrics.jsonl, checkpoints and figures into one run folder.
+
+        Under torchrun (`torchrun --nproc_per_node=N -m cnnlab ...`) the processes share each batch."""
         if resume is not None:
-            res = engine.train(None, resume, resume=True, progress=progress)
+            res = engine.train(None, resume, resume=True, device=device, progress=progress, max_steps=max_steps)
         else:
             cfg = api.resolve_config(
                 task,
@@ -54,10 +61,11 @@ def _task_app(task: str, title: str) -> typer.Typer:
                 limit=limit,
                 data_dir=data_dir,
             )
-            res = engine.train(cfg, out, progress=progress)
+            res = engine.train(cfg, out, device=device, progress=progress, max_steps=max_steps)
         if not res.completed:
             raise typer.Exit(130)
-        typer.echo(str(res.run_dir))
+        if os.environ.get("RANK", "0") == "0":
+            typer.echo(str(res.run_dir))
 
     @sub.command()
     def evaluate(

@@ -159,4 +159,7 @@ def config_from_dict(data: dict, source: str) -> RunConfig:
 
 
 def dump_config(cfg: RunConfig, path: Path) -> None:
-    path.write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
+    from .checkpoint import atomic_write
+
+    text = yaml.safe_dump(cfg.model_dump(), sort_keys=False)
+    atomic_write(path, lambda tmp: tmp.write_text(text))

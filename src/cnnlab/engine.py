@@ -24,10 +24,12 @@ from typing import Any
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from torch.nn.parallel import DistributedDataParallel
 
-from . import __version__, checkpoint
+from . import __version__, checkpoint, distributed
 from .config import RunConfig, config_from_dict, dump_config
-from .errors import CheckpointError, TrainingError
+from .errors import CheckpointError, ConfigError, TrainingError
+from .report.figures import write_json
 from .tasks import Batchable, Task, get_task
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -93,7 +95,12 @@ def _bf16_fast(device: torch.device) -> bool:
     return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
-def make_runtime(cfg: RunConfig, device: str = "cpu") -> Runtime:
+def make_runtime(cfg: RunConfig, device: str = "cpu", local_rank: int = 0) -> Runtime:
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("--device cuda: no CUDA GPU is visible to PyTorch here; use --device cpu")
+        device = f"cuda:{local_rank}"
+        torch.cuda.set_device(device)
     dev = torch.device(device)
     torch.set_num_threads(cfg.train.threads or _DEFAULT_THREADS)
     if cfg.train.deterministic:
@@ -224,6 +231,12 @@ class _EpochSums:
     correct: int = 0  # predictions: images, or pixels for segmentation
     predictions: int = 0
 
+    def add(self, loss: float, samples: int, correct: int, predictions: int) -> None:
+        self.loss += loss
+        self.samples += samples
+        self.correct += correct
+        self.predictions += predictions
+
     def line(self) -> str:
         return f"loss {self.loss / max(1, self.samples):.4f} acc {self.correct / max(1, self.predictions):.4f}"
 
@@ -273,8 +286,226 @@ def _progress() -> Progress:
     )
 
 
+class Trainer:
+    """One training run: set up (fresh or resumed), then `run()` the epochs. Works in one process or
+    many (torchrun): each process takes a disjoint shard of every global batch, gradients are averaged
+    by DDP, and only the main process writes files."""
+
+    def __init__(self, cfg: RunConfig | None, run_dir: Path | None, *, resume: bool, device: str, progress: bool):
+        self.dist = distributed.init(device)
+        if resume:
+            if run_dir is None:
+                raise CheckpointError("--resume needs a run folder")
+            cfg = load_run_config(run_dir)
+        self.cfg = cfg
+        self.run_dir = Path(self.dist.broadcast(str(run_dir or default_run_dir(cfg))))
+        self.paths = RunPaths(self.run_dir)
+        self.task = get_task(cfg.task)
+        self.rt = make_runtime(cfg, device, self.dist.local_rank)
+        self.progress = progress and self.dist.main
+        torch.manual_seed(cfg.train.seed)
+
+        self.data = self.task.load_data(cfg)
+        self.train_set, self.val_set = self.data["train"], self.data["val"]
+        self.net = self.task.build_model(cfg).to(self.rt.device)
+        if self.rt.channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        self.model = self.net if self.dist.world == 1 else DistributedDataParallel(self.net)
+        self.opt = make_optimizer(cfg, self.net)
+        self.steps_per_epoch = math.ceil(len(self.train_set) / cfg.train.batch_size)
+        self.total_steps = self.steps_per_epoch * cfg.train.epochs
+        self.task.prepare_training(cfg, self.train_set)
+
+        self.state: dict[str, Any] = {
+            "epoch": 0,
+            "batch": 0,
+            "step": 0,
+            "best": None,
+            "best_epoch": None,
+            "elapsed_s": 0.0,
+            "sums": _EpochSums().__dict__,
+        }
+        if resume and not (self.paths.last.exists() or self.paths.last.with_suffix(".prev").exists()):
+            # Stopped before its first checkpoint: start over in the same folder.
+            self.log = MetricsLog(self.paths.metrics, truncate_at=0) if self.dist.main else None
+            self.say(f"{self.run_dir} has no checkpoint yet: starting it from the beginning")
+        elif resume:
+            saved = checkpoint.load_latest(self.paths.last)
+            self.net.load_state_dict(saved["model"])
+            self.opt.load_state_dict(saved["optim"])
+            self.state = saved["state"]
+            self.log = (
+                MetricsLog(self.paths.metrics, truncate_at=self.state["metrics_offset"]) if self.dist.main else None
+            )
+            self.say(f"resuming {self.run_dir} at epoch {self.state['epoch'] + 1}, step {self.state['step']}")
+        elif self.dist.main:
+            if self.paths.config.exists():
+                raise CheckpointError(f"{self.run_dir}: already holds a run; use --resume or another --out folder")
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            dump_config(cfg, self.paths.config)
+            write_json(self.paths.env, {**environment(self.rt), "processes": self.dist.world})
+            self.log = MetricsLog(self.paths.metrics)
+        else:
+            self.log = None
+        self.sums = _EpochSums(**self.state["sums"])
+
+    def say(self, message: str) -> None:
+        if self.dist.main:
+            console.print(message)
+
+    def save_last(self) -> None:
+        if not self.dist.main:
+            return
+        self.state["sums"] = self.sums.__dict__
+        self.state["metrics_offset"] = self.log.offset()
+        checkpoint.save(
+            self.paths.last,
+            {"model": self.net.state_dict(), "optim": self.opt.state_dict(), "state": self.state},
+            keep_previous=True,
+        )
+
+    def step(self, idx: torch.Tensor) -> tuple[float, int, int, float]:
+        """One optimizer step on global batch `idx`; returns its summed loss, correct, predictions, lr."""
+        cfg, rt, step = self.cfg, self.rt, self.state["step"]
+        gen = _generator(cfg.train.seed, 2, step)
+        torch.manual_seed(int(torch.randint(2**62, (1,), generator=gen)))
+        # The whole global batch is augmented on every process, then sharded: the same random draws as in
+        # one process, so a run's result does not depend on how many processes computed it.
+        x, y = self.task.train_inputs(self.train_set.x[idx], self.train_set.y[idx], cfg, gen)
+        mine = self.dist.shard(torch.arange(len(idx)))
+        x, y = x[mine].to(rt.device), y[mine].to(rt.device)
+        if rt.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        lr = lr_at(cfg, step, self.total_steps)
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        with rt.autocast():
+            logits = self.model(x)
+            loss = self.task.loss(logits.float(), y, cfg)
+        # DDP averages gradients over processes; weighting each shard by its size makes that the mean
+        # over the global batch even when the last batch does not split evenly.
+        (loss * (len(mine) * self.dist.world / len(idx))).backward()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        correct, count = self.task.batch_correct(logits.detach(), y)
+        return loss.item() * len(mine), correct, count, lr
+
+    def run(self, max_steps: int | None = None, finish: bool = True) -> TrainResult:
+        cfg, state = self.cfg, self.state
+        stop = _StopRequest()
+        started = time.perf_counter() - state["elapsed_s"]
+        last_save = time.perf_counter()
+        self.say(
+            f"[bold]{cfg.task}/{cfg.recipe}[/] {cfg.model.name}: {len(self.train_set)} train, {len(self.val_set)} val, "
+            f"{cfg.train.epochs} epochs x {self.steps_per_epoch} steps, batch {cfg.train.batch_size}, "
+            f"{self.rt.describe()['precision']}, {self.dist.world} process(es) x {self.rt.threads} threads -> "
+            f"{self.run_dir}"
+        )
+        with stop.installed(), _progress() if self.progress else contextlib.nullcontext() as bar:
+            while state["epoch"] < cfg.train.epochs:
+                epoch = state["epoch"]
+                batches = epoch_order(cfg.train.seed, epoch, len(self.train_set)).split(cfg.train.batch_size)
+                tid = (
+                    bar.add_task(
+                        f"epoch {epoch + 1}/{cfg.train.epochs}", total=len(batches), completed=state["batch"], stats=""
+                    )
+                    if bar
+                    else None
+                )
+                self.model.train()
+                while state["batch"] < len(batches):
+                    idx = batches[state["batch"]]
+                    loss_sum, correct, count, lr = self.step(idx)
+                    wants_stop = stop.requested or (max_steps is not None and state["step"] + 1 >= max_steps)
+                    # One all-reduce per step carries the statistics and the stop decision, so every
+                    # process stops at the same step.
+                    loss_sum, correct, count, stops = self.dist.sum([loss_sum, correct, count, float(wants_stop)])
+                    loss_v = loss_sum / len(idx)
+                    if not math.isfinite(loss_v):
+                        raise TrainingError(
+                            f"loss became {loss_v} at step {state['step']} (epoch {epoch + 1}); the last good "
+                            f"checkpoint is {self.paths.last}; try a lower optim.lr"
+                        )
+                    self.sums.add(loss_sum, len(idx), int(correct), int(count))
+                    if self.log:
+                        self.log.write(
+                            {
+                                "kind": "batch",
+                                "epoch": epoch + 1,
+                                "step": state["step"] + 1,
+                                "loss": loss_v,
+                                "acc": correct / count,
+                                "lr": lr,
+                            }
+                        )
+                    state["step"] += 1
+                    state["batch"] += 1
+                    if bar and (state["batch"] % 10 == 0 or state["batch"] == len(batches)):
+                        bar.update(tid, completed=state["batch"], stats=self.sums.line())
+                    if stops or time.perf_counter() - last_save > cfg.train.checkpoint_every_s:
+                        state["elapsed_s"] = time.perf_counter() - started
+                        self.save_last()
+                        last_save = time.perf_counter()
+                    if stops:
+                        self.say(
+                            f"stopped at step {state['step']} (epoch {epoch + 1}); checkpoint saved, "
+                            f"continue with --resume {self.run_dir}"
+                        )
+                        return self.result(completed=False)
+                if bar:
+                    bar.remove_task(tid)
+                self.end_epoch(epoch, started)
+                last_save = time.perf_counter()
+        if finish and self.dist.main:
+            self.task.report_training(self.run_dir, read_history(self.run_dir), self.net, cfg)
+            evaluate(self.run_dir, split="val", device=str(self.rt.device), data=self.data, quiet=True)
+            if len(self.data.get("test", [])):
+                evaluate(self.run_dir, split="test", device=str(self.rt.device), data=self.data)
+        self.dist.barrier()
+        return self.result(completed=True)
+
+    def end_epoch(self, epoch: int, started: float) -> None:
+        """Validate (main process only; the others wait), log, keep the best weights, checkpoint."""
+        state = self.state
+        if self.dist.main:
+            val, _ = evaluate_split(self.net, self.task, self.val_set, self.rt, self.cfg)
+            row = {
+                "kind": "epoch",
+                "epoch": epoch + 1,
+                "step": state["step"],
+                "train_loss": self.sums.loss / self.sums.samples,
+                "train_acc": self.sums.correct / self.sums.predictions,
+                **{f"val_{k}": v for k, v in val.items()},
+                "lr": lr_at(self.cfg, state["step"] - 1, self.total_steps),
+                "time_s": time.perf_counter() - started,
+            }
+            self.log.write(row)
+            primary = val[self.task.primary]
+            improved = state["best"] is None or primary > state["best"]
+            if improved:
+                state["best"], state["best_epoch"] = primary, epoch + 1
+                checkpoint.save(
+                    self.paths.best,
+                    {"model": self.net.state_dict(), "state": {"epoch": epoch + 1, self.task.primary: primary}},
+                )
+            self.say(
+                f"epoch {epoch + 1:>3}/{self.cfg.train.epochs}  train loss {row['train_loss']:.4f}  "
+                f"{self.task.summary_line(val)}  {row['time_s']:.0f}s" + ("  [green]*best[/]" if improved else "")
+            )
+        self.dist.barrier()
+        state.update(epoch=epoch + 1, batch=0, elapsed_s=time.perf_counter() - started)
+        self.sums = _EpochSums()
+        self.save_last()
+
+    def result(self, completed: bool) -> TrainResult:
+        if self.log:
+            self.log.close()
+        history = read_history(self.run_dir) if self.dist.main else []
+        return TrainResult(self.run_dir, completed, self.state["step"], self.state["best"], history)
+
+
 def train(
-    cfg: RunConfig,
+    cfg: RunConfig | None,
     run_dir: Path | None = None,
     *,
     resume: bool = False,
@@ -285,176 +516,20 @@ def train(
 ) -> TrainResult:
     """Train `cfg` into `run_dir` (or continue the run there when `resume`). Returns when done or stopped.
 
-    `max_steps` stops after that many optimizer steps in total (as an interruption would): for tests
-    and quick tries. `finish=False` skips the end-of-run figures and evaluations.
+    `max_steps` stops after that many optimizer steps in total, as an interruption would (resume later):
+    for tests and quick tries. `finish=False` skips the end-of-run figures and evaluations.
     """
-    if resume:
-        if run_dir is None:
-            raise CheckpointError("--resume needs a run folder")
-        cfg = load_run_config(run_dir)
-    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
-    paths = RunPaths(run_dir)
-    task = get_task(cfg.task)
-    rt = make_runtime(cfg, device)
-    torch.manual_seed(cfg.train.seed)
-
-    data = task.load_data(cfg)
-    train_set, val_set = data["train"], data["val"]
-    model = task.build_model(cfg).to(rt.device)
-    if rt.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    opt = make_optimizer(cfg, model)
-    bs = cfg.train.batch_size
-    steps_per_epoch = math.ceil(len(train_set) / bs)
-    total_steps = steps_per_epoch * cfg.train.epochs
-    task.prepare_training(cfg, train_set)
-
-    state: dict[str, Any] = {
-        "epoch": 0,
-        "batch": 0,
-        "step": 0,
-        "best": None,
-        "best_epoch": None,
-        "elapsed_s": 0.0,
-        "sums": _EpochSums().__dict__,
-    }
-    if resume:
-        saved = checkpoint.load_latest(paths.last)
-        model.load_state_dict(saved["model"])
-        opt.load_state_dict(saved["optim"])
-        state = saved["state"]
-        log = MetricsLog(paths.metrics, truncate_at=state["metrics_offset"])
-        console.print(f"resuming {run_dir} at epoch {state['epoch'] + 1}, step {state['step']}")
-    else:
-        if paths.config.exists():
-            raise CheckpointError(f"{run_dir}: already holds a run; use --resume or another --out folder")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        dump_config(cfg, paths.config)
-        paths.env.write_text(json.dumps(environment(rt), indent=2))
-        log = MetricsLog(paths.metrics)
-    sums = _EpochSums(**state["sums"])
-
-    def save_last() -> None:
-        state["sums"] = sums.__dict__
-        state["metrics_offset"] = log.offset()
-        checkpoint.save_rotating(paths.last, {"model": model.state_dict(), "optim": opt.state_dict(), "state": state})
-
-    stop = _StopRequest()
-    started = time.perf_counter() - state["elapsed_s"]
-    last_save = time.perf_counter()
-    steps_this_call = 0
-    console.print(
-        f"[bold]{cfg.task}/{cfg.recipe}[/] {cfg.model.name}: {len(train_set)} train, {len(val_set)} val, "
-        f"{cfg.train.epochs} epochs x {steps_per_epoch} steps, batch {bs}, {rt.describe()['precision']}, "
-        f"{rt.threads} threads -> {run_dir}"
-    )
-    with stop.installed(), _progress() if progress else contextlib.nullcontext() as bar:
-        while state["epoch"] < cfg.train.epochs:
-            epoch = state["epoch"]
-            batches = epoch_order(cfg.train.seed, epoch, len(train_set)).split(bs)
-            tid = (
-                bar.add_task(
-                    f"epoch {epoch + 1}/{cfg.train.epochs}", total=len(batches), completed=state["batch"], stats=""
-                )
-                if bar
-                else None
-            )
-            model.train()
-            while state["batch"] < len(batches):
-                step = state["step"]
-                idx = batches[state["batch"]]
-                gen = _generator(cfg.train.seed, 2, step)
-                torch.manual_seed(int(torch.randint(2**62, (1,), generator=gen)))
-                x, y = task.train_inputs(train_set.x[idx], train_set.y[idx], cfg, gen)
-                x, y = x.to(rt.device), y.to(rt.device)
-                if rt.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                lr = lr_at(cfg, step, total_steps)
-                for g in opt.param_groups:
-                    g["lr"] = lr
-                with rt.autocast():
-                    logits = model(x)
-                    loss = task.loss(logits.float(), y, cfg)
-                loss_v = loss.item()
-                if not math.isfinite(loss_v):
-                    log.close()
-                    raise TrainingError(
-                        f"loss became {loss_v} at step {step} (epoch {epoch + 1}); the last good checkpoint "
-                        f"is {paths.last}; try a lower optim.lr"
-                    )
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                correct, count = task.batch_correct(logits.detach(), y)
-                sums.loss += loss_v * len(idx)
-                sums.samples += len(idx)
-                sums.correct += correct
-                sums.predictions += count
-                log.write(
-                    {
-                        "kind": "batch",
-                        "epoch": epoch + 1,
-                        "step": step + 1,
-                        "loss": loss_v,
-                        "acc": correct / count,
-                        "lr": lr,
-                    }
-                )
-                state["step"] += 1
-                state["batch"] += 1
-                steps_this_call += 1
-                if bar and (state["batch"] % 10 == 0 or state["batch"] == len(batches)):
-                    bar.update(tid, completed=state["batch"], stats=sums.line())
-                interrupted = stop.requested or (max_steps is not None and state["step"] >= max_steps)
-                if interrupted or time.perf_counter() - last_save > cfg.train.checkpoint_every_s:
-                    state["elapsed_s"] = time.perf_counter() - started
-                    save_last()
-                    last_save = time.perf_counter()
-                if interrupted:
-                    log.close()
-                    console.print(
-                        f"stopped at step {state['step']} (epoch {epoch + 1}); checkpoint saved, "
-                        f"continue with --resume {run_dir}"
-                    )
-                    return TrainResult(run_dir, False, state["step"], state["best"], read_history(run_dir))
-            if bar:
-                bar.remove_task(tid)
-
-            val, _ = evaluate_split(model, task, val_set, rt, cfg)
-            row = {
-                "kind": "epoch",
-                "epoch": epoch + 1,
-                "step": state["step"],
-                "train_loss": sums.loss / sums.samples,
-                "train_acc": sums.correct / sums.predictions,
-                **{f"val_{k}": v for k, v in val.items()},
-                "lr": lr_at(cfg, state["step"] - 1, total_steps),
-                "time_s": time.perf_counter() - started,
-            }
-            log.write(row)
-            primary = val[task.primary]
-            improved = state["best"] is None or primary > state["best"]
-            if improved:
-                state["best"], state["best_epoch"] = primary, epoch + 1
-                checkpoint.save(
-                    paths.best, {"model": model.state_dict(), "state": {"epoch": epoch + 1, task.primary: primary}}
-                )
-            console.print(
-                f"epoch {epoch + 1:>3}/{cfg.train.epochs}  train loss {row['train_loss']:.4f}  "
-                f"{task.summary_line(val)}  {row['time_s']:.0f}s" + ("  [green]*best[/]" if improved else "")
-            )
-            state.update(epoch=epoch + 1, batch=0, elapsed_s=time.perf_counter() - started)
-            sums = _EpochSums()
-            save_last()
-            last_save = time.perf_counter()
-    log.close()
-    history = read_history(run_dir)
-    if finish:
-        task.report_training(run_dir, history, model, cfg)
-        evaluate(run_dir, split="val", device=device, data=data, quiet=True)
-        if "test" in data and len(data["test"]):
-            evaluate(run_dir, split="test", device=device, data=data)
-    return TrainResult(run_dir, True, state["step"], state["best"], history)
+    trainer = Trainer(cfg, run_dir, resume=resume, device=device, progress=progress)
+    if trainer.dist.world == 1:
+        return trainer.run(max_steps, finish)
+    try:
+        return trainer.run(max_steps, finish)
+    except (torch.distributed.DistError, RuntimeError) as e:
+        # gloo/nccl report a peer that died as a RuntimeError from the next collective.
+        raise TrainingError(
+            f"process {trainer.dist.rank}: lost the other processes of this job ({str(e).splitlines()[0][:160]}); "
+            f"the last checkpoint is in {trainer.run_dir}; continue with --resume {trainer.run_dir}"
+        ) from None
 
 
 def load_model(run_dir: Path, which: str = "best", device: str = "cpu") -> tuple[torch.nn.Module, RunConfig]:
@@ -503,7 +578,7 @@ def evaluate(
         raise CheckpointError(f"{run_dir}: this run has no '{split}' split; choose one of {sorted(data)}")
     metrics, probs = evaluate_split(model, task, data[split], rt, cfg)
     out = {"split": split, "checkpoint": which, "n": len(data[split]), **metrics}
-    (run_dir / f"eval_{split}.json").write_text(json.dumps(out, indent=2))
+    write_json(run_dir / f"eval_{split}.json", out)
     task.report_split(run_dir, split, data[split], probs, metrics, model)
     if not quiet:
         console.print(f"[bold]{split}[/] ({which} checkpoint, {len(data[split])} images): {task.summary_line(metrics)}")

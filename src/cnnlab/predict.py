@@ -15,7 +15,7 @@ from .tasks import get_task
 
 def fashion_input(path: Path) -> tuple[torch.Tensor, list[str]]:
     """Any image -> uint8 (1,28,28) like Fashion-MNIST: grey, centred on a square, dark background."""
-    img, notes = load_photo(path, mode="L")
+    img, notes = load_photo(path, mode="L", min_side=8)
     _, h, w = img.shape
     # The border colour is the background: pad with it so the garment keeps its aspect ratio.
     border = torch.cat([img[0, 0], img[0, -1], img[0, :, 0], img[0, :, -1]]).float()

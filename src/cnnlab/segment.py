@@ -67,7 +67,7 @@ def segment_files(
     model: torch.nn.Module, task: Task, paths: list[Path], out_dir: Path, work_size: int = 512
 ) -> list[dict[str, Any]]:
     """Write NAME_labels.png, NAME_overlay.jpg and NAME_areas.json for each photo into `out_dir`."""
-    photos = [(p, *load_photo(p, mode="RGB")) for p in paths]  # every input checked before any output
+    photos = [(p, *load_photo(p, mode="RGB", min_side=32)) for p in paths]  # every input checked before any output
     out_dir.mkdir(parents=True, exist_ok=True)
     results = []
     for path, img, notes in photos:

@@ -15,7 +15,9 @@ _SOURCE_NAMES = {"1": "1-bit black/white", "L": "greyscale", "P": "palette", "LA
 _EXIF_ORIENTATION = 0x0112
 
 
-def load_photo(path: str | Path, *, mode: str = "RGB", max_pixels: int = 40_000_000) -> tuple[Tensor, list[str]]:
+def load_photo(
+    path: str | Path, *, mode: str = "RGB", max_pixels: int = 40_000_000, min_side: int = 1
+) -> tuple[Tensor, list[str]]:
     """Read an image file as uint8 (C, H, W), C = 3 for mode "RGB" or 1 for "L".
 
     Returns the pixels and human notes on what was done to them (EXIF rotation, mode conversion).
@@ -42,6 +44,11 @@ def load_photo(path: str | Path, *, mode: str = "RGB", max_pixels: int = 40_000_
                     raise DataError(
                         f"{path}: declares {width}x{height} = {width * height:,} pixels, over the limit of "
                         f"{max_pixels:,}; shrink the image first (this also stops decompression bombs)"
+                    )
+                if min(width, height) < min_side:
+                    raise DataError(
+                        f"{path}: {width}x{height} pixels is too small to predict on (under {min_side} px on a "
+                        f"side); give a larger image"
                     )
                 if getattr(im, "n_frames", 1) > 1:
                     notes.append(f"used the first of {im.n_frames} frames")
