@@ -9,8 +9,10 @@ STAMP  := $(VENV)/.installed
 
 install: $(STAMP)
 
-# Debian/Ubuntu: the official Fashion-MNIST files come as a package; elsewhere cnnlab downloads them.
+# Debian/Ubuntu: the official Fashion-MNIST files come as a package (elsewhere cnnlab downloads them), and
+# Chromium + chromedriver for the browser test of the HTML reports.
 system-deps:
+	sh scripts/install-browser.sh
 	@if command -v apt-get >/dev/null 2>&1 && ! dpkg -s dataset-fashion-mnist >/dev/null 2>&1; then \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist; fi
 

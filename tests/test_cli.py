@@ -111,3 +111,21 @@ def test_predict_any_image(tmp_path, tiny_fashion):
     (tmp_path / "bad.png").write_text("not an image")
     r = cnnlab("fashion", "predict", run, tmp_path / "bad.png")
     assert r.returncode == 2 and "bad.png" in r.stderr
+
+
+def test_report_and_compare_commands(tiny_fashion, tmp_path):
+    for seed in (0, 1):
+        cfg = load_config(
+            "fashion", "seed-a", [f"data.dir={tiny_fashion}", "train.epochs=1", "train.threads=1", f"train.seed={seed}"]
+        )
+        engine.train(cfg, tmp_path / "runs" / f"s{seed}", progress=False)
+        assert (tmp_path / "runs" / f"s{seed}" / "report.html").stat().st_size > 50_000  # written by training
+    (tmp_path / "runs" / "s0" / "report.html").unlink()
+    r = cnnlab("report", tmp_path / "runs" / "s0")
+    assert r.returncode == 0 and (tmp_path / "runs" / "s0" / "report.html").is_file()
+    r = cnnlab("report", "--compare", tmp_path / "runs", "-o", tmp_path / "cmp.html")
+    assert r.returncode == 0, r.stderr
+    page = (tmp_path / "cmp.html").read_text()
+    assert "s0" in page and "s1" in page
+    r = cnnlab("report", tmp_path / "runs" / "s0", tmp_path / "runs" / "s1")
+    assert r.returncode == 2 and "--compare" in r.stderr

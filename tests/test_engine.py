@@ -117,3 +117,17 @@ def test_lr_schedules():
     assert lrs[9] == pytest.approx(1e-3) and lrs[0] == pytest.approx(1e-4) and lrs[-1] < 2e-5
     cfg = load_config("fashion", "seed-a", ["optim.schedule=cosine"])
     assert engine.lr_at(cfg, 0, 100) == pytest.approx(1e-3) and engine.lr_at(cfg, 50, 100) == pytest.approx(5e-4)
+
+
+def test_tensorboard_scalars_have_no_duplicates_across_a_resume(tiny_fashion, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    engine.train(
+        _cfg(tiny_fashion, "train.tensorboard=true"), tmp_path / "r", progress=False, max_steps=10, finish=False
+    )
+    engine.train(None, tmp_path / "r", resume=True, progress=False, finish=False)
+    acc = EventAccumulator(str(tmp_path / "r" / "tensorboard"))
+    acc.Reload()
+    steps = [e.step for e in acc.Scalars("batch/loss")]
+    assert sorted(set(steps)) == list(range(1, 35))
+    assert [e.step for e in acc.Scalars("epoch/val_acc")] == [17, 34]

@@ -22,6 +22,8 @@ from safetensors.torch import load_file, save_file
 from .errors import CheckpointError
 
 FORMAT = "cnnlab-checkpoint/1"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 def _flatten(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
@@ -69,6 +71,7 @@ def atomic_write(path: Path, write, keep_previous: Path | None = None) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; outputs should read like any other file
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         if keep_previous is not None and path.exists():

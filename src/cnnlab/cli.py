@@ -132,6 +132,23 @@ def facade_predict(
             typer.echo(f"  note: {note}")
 
 
+@app.command()
+def report(
+    runs: list[Path] = typer.Argument(..., help="A run folder; with --compare, several runs or folders of runs."),
+    compare: bool = typer.Option(False, "--compare", help="One page comparing the runs side by side."),
+    out: Path | None = typer.Option(None, "-o", "--out", help="Where the compare page goes (default: compare.html)."),
+) -> None:
+    """Write RUN/report.html (self-contained: open it offline or copy it anywhere), or a comparison page."""
+    from .report.html import find_runs, write_compare, write_report
+
+    if compare:
+        typer.echo(str(write_compare(find_runs(runs), out or Path("compare.html"))))
+        return
+    if len(runs) != 1:
+        raise CnnlabError(f"report takes one run folder ({len(runs)} given); add --compare to compare several")
+    typer.echo(str(write_report(runs[0])))
+
+
 def main() -> None:
     try:
         app()

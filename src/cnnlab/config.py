@@ -67,6 +67,7 @@ class TrainConfig(_Strict):
     eval_batch_size: int = Field(512, gt=0)
     checkpoint_every_s: float = Field(60.0, gt=0.0)
     tta_flip: bool = False
+    tensorboard: bool = False
 
 
 class RunConfig(_Strict):

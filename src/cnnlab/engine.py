@@ -30,6 +30,7 @@ from . import __version__, checkpoint, distributed
 from .config import RunConfig, config_from_dict, dump_config
 from .errors import CheckpointError, ConfigError, TrainingError
 from .report.figures import write_json
+from .report.html import write_report
 from .tasks import Batchable, Task, get_task
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -348,6 +349,16 @@ class Trainer:
         else:
             self.log = None
         self.sums = _EpochSums(**self.state["sums"])
+        self.tb = None
+        if cfg.train.tensorboard and self.dist.main:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise ConfigError(
+                    "train.tensorboard needs the tensorboard package: pip install 'cnnlab[tensorboard]'"
+                ) from None
+            # purge_step drops events past the checkpoint, as the metrics log does, so a resume adds no duplicates.
+            self.tb = SummaryWriter(self.run_dir / "tensorboard", purge_step=self.state["step"] + 1 if resume else None)
 
     def say(self, message: str) -> None:
         if self.dist.main:
@@ -427,6 +438,9 @@ class Trainer:
                             f"checkpoint is {self.paths.last}; try a lower optim.lr"
                         )
                     self.sums.add(loss_sum, len(idx), int(correct), int(count))
+                    if self.tb:
+                        for key, value in (("loss", loss_v), ("acc", correct / count), ("lr", lr)):
+                            self.tb.add_scalar(f"batch/{key}", value, state["step"] + 1)
                     if self.log:
                         self.log.write(
                             {
@@ -451,18 +465,31 @@ class Trainer:
                             f"stopped at step {state['step']} (epoch {epoch + 1}); checkpoint saved, "
                             f"continue with --resume {self.run_dir}"
                         )
+                        if finish and self.dist.main:
+                            self.write_reports(partial=True)
                         return self.result(completed=False)
                 if bar:
                     bar.remove_task(tid)
                 self.end_epoch(epoch, started)
                 last_save = time.perf_counter()
         if finish and self.dist.main:
-            self.task.report_training(self.run_dir, read_history(self.run_dir), self.net, cfg)
+            self.write_reports(partial=False)
+        self.dist.barrier()
+        return self.result(completed=True)
+
+    def write_reports(self, partial: bool) -> None:
+        """Figures of training, the final evaluations (not for a partial run) and report.html."""
+        if self.log:
+            self.log.offset()  # flush, so the figures see every row
+        history = read_history(self.run_dir)
+        if any(r["kind"] == "epoch" for r in history):
+            self.task.report_training(self.run_dir, history, self.net, self.cfg)
+        if not partial:
             evaluate(self.run_dir, split="val", device=str(self.rt.device), data=self.data, quiet=True)
             if len(self.data.get("test", [])):
                 evaluate(self.run_dir, split="test", device=str(self.rt.device), data=self.data)
-        self.dist.barrier()
-        return self.result(completed=True)
+        path = write_report(self.run_dir, partial=partial)
+        self.say(f"report: {path}")
 
     def end_epoch(self, epoch: int, started: float) -> None:
         """Validate (main process only; the others wait), log, keep the best weights, checkpoint."""
@@ -480,6 +507,10 @@ class Trainer:
                 "time_s": time.perf_counter() - started,
             }
             self.log.write(row)
+            if self.tb:
+                for key, value in row.items():
+                    if isinstance(value, float):
+                        self.tb.add_scalar(f"epoch/{key}", value, state["step"])
             primary = val[self.task.primary]
             improved = state["best"] is None or primary > state["best"]
             if improved:
@@ -500,6 +531,8 @@ class Trainer:
     def result(self, completed: bool) -> TrainResult:
         if self.log:
             self.log.close()
+        if self.tb:
+            self.tb.close()
         history = read_history(self.run_dir) if self.dist.main else []
         return TrainResult(self.run_dir, completed, self.state["step"], self.state["best"], history)
 

@@ -39,9 +39,10 @@ def write_json(path: Path, obj: Any) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(_to_jsonable(obj), indent=1)))
 
 
-def _save(fig: plt.Figure, path: Path, data: Any) -> Path:
+def _save(fig: plt.Figure, path: Path, data: Any, layout: bool = True) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
+    if layout:
+        fig.tight_layout()
     atomic_write(path.with_suffix(".png"), lambda tmp: fig.savefig(tmp, dpi=DPI, format="png"))
     plt.close(fig)
     write_json(path.with_suffix(".json"), data)
@@ -283,8 +284,8 @@ def plot_segmentation_cases(
     handles = [Patch(color=np.array(col) / 255, label=name) for name, col in zip(classes, colors, strict=True)]
     fig.legend(handles=handles, loc="lower center", ncol=len(classes), fontsize=8, frameon=False)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=(0, 0.04, 1, 0.97))
-    return _save(fig, path, {"names": names, "mean_iou": scores})
+    fig.tight_layout(rect=(0, 0.05, 1, 0.97))  # room for the legend below
+    return _save(fig, path, {"names": names, "mean_iou": scores}, layout=False)
 
 
 def plot_sweep(histories: dict[str, list[dict]], path: Path, metric: str = "acc") -> Path:
