@@ -43,11 +43,16 @@ def test_two_processes_give_the_weights_of_one(tiny_fashion, tmp_path):
     ]
     one = _cnnlab(1, *common, "--out", tmp_path / "one")
     two = _cnnlab(2, *common, "--out", tmp_path / "two")
-    assert one.returncode == 130 and two.returncode == 130, two.stderr[-2000:]
+    assert one.returncode == 0 and two.returncode == 0, two.stderr[-2000:]
     a, b = _weights(tmp_path / "one"), _weights(tmp_path / "two")
     assert all(torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4) for k in a)
     rows = [
-        [json.loads(line) for line in (tmp_path / r / "metrics.jsonl").read_text().splitlines()] for r in ("one", "two")
+        [
+            r
+            for r in map(json.loads, (tmp_path / run / "metrics.jsonl").read_text().splitlines())
+            if r["kind"] == "batch"
+        ]
+        for run in ("one", "two")
     ]
     assert [r["step"] for r in rows[0]] == [r["step"] for r in rows[1]] == list(range(1, 26))
     assert [r["loss"] for r in rows[0]] == pytest.approx([r["loss"] for r in rows[1]], rel=1e-4)

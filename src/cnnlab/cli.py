@@ -40,7 +40,7 @@ def _task_app(task: str, title: str) -> typer.Typer:
         resume: Path | None = typer.Option(None, help="Continue the run in this folder where it stopped."),
         device: str = typer.Option("cpu", help="cpu or cuda (under torchrun: one GPU per process)."),
         max_steps: int | None = typer.Option(
-            None, min=1, help="Stop after N optimizer steps in total, as Ctrl-C would; continue with --resume."
+            None, min=1, help="Stop after N optimizer steps in total and save a checkpoint; continue with --resume."
         ),
         progress: bool = typer.Option(True, help="Show progress bars."),
     ) -> None:
@@ -62,7 +62,7 @@ def _task_app(task: str, title: str) -> typer.Typer:
                 data_dir=data_dir,
             )
             res = engine.train(cfg, out, device=device, progress=progress, max_steps=max_steps)
-        if not res.completed:
+        if res.interrupted:
             raise typer.Exit(130)
         if os.environ.get("RANK", "0") == "0":
             typer.echo(str(res.run_dir))

@@ -271,6 +271,7 @@ class TrainResult:
     step: int
     best: float | None
     history: list[dict[str, Any]]
+    interrupted: bool = False  # stopped by Ctrl-C / SIGTERM (not by max_steps)
 
 
 def _progress() -> Progress:
@@ -467,7 +468,7 @@ class Trainer:
                         )
                         if finish and self.dist.main:
                             self.write_reports(partial=True)
-                        return self.result(completed=False)
+                        return self.result(completed=False, interrupted=stop.requested)
                 if bar:
                     bar.remove_task(tid)
                 self.end_epoch(epoch, started)
@@ -528,13 +529,13 @@ class Trainer:
         self.sums = _EpochSums()
         self.save_last()
 
-    def result(self, completed: bool) -> TrainResult:
+    def result(self, completed: bool, interrupted: bool = False) -> TrainResult:
         if self.log:
             self.log.close()
         if self.tb:
             self.tb.close()
         history = read_history(self.run_dir) if self.dist.main else []
-        return TrainResult(self.run_dir, completed, self.state["step"], self.state["best"], history)
+        return TrainResult(self.run_dir, completed, self.state["step"], self.state["best"], history, interrupted)
 
 
 def train(
