@@ -42,9 +42,12 @@ def _task_app(task: str, title: str) -> typer.Typer:
         max_steps: int | None = typer.Option(
             None, min=1, help="Stop after N optimizer steps in total and save a checkpoint; continue with --resume."
         ),
+        tensorboard: bool = typer.Option(
+            False, help="Also log to RUN/tensorboard (pip install 'cnnlab[tensorboard]')."
+        ),
         progress: bool = typer.Option(True, help="Show progress bars."),
     ) -> None:
-        """Train a model; writes config, metrics.jsonl, checkpoints and figures into one run folder.
+        """Train a model; writes config, metrics.jsonl, checkpoints, figures and report.html into one run folder.
 
         Under torchrun (`torchrun --nproc_per_node=N -m cnnlab ...`) the processes share each batch."""
         if resume is not None:
@@ -53,7 +56,7 @@ def _task_app(task: str, title: str) -> typer.Typer:
             cfg = api.resolve_config(
                 task,
                 recipe,
-                set_,
+                [*set_, *(["train.tensorboard=true"] if tensorboard else [])],
                 epochs=epochs,
                 batch_size=batch_size,
                 lr=lr,
@@ -89,13 +92,32 @@ app.add_typer(fashion_app, name="fashion")
 app.add_typer(facade_app, name="facade")
 
 
+MODEL_HELP = "A shipped model's name (see `cnnlab models`) or a run folder; default: the shipped {task} model."
+
+
+def _model_and_files(task: str, files: list[Path], model: str | None) -> tuple[Path, list[Path]]:
+    """`[RUN] FILE...` and --model -> the model folder and the files; a leading run folder is the model."""
+    if files and (files[0] / "config.yaml").is_file():
+        if model is not None:
+            raise CnnlabError(f"{files[0]} and --model {model}: give the model once")
+        model, files = str(files[0]), files[1:]
+    if not files:
+        raise CnnlabError("no image files given; e.g. `cnnlab fashion predict shoe.png`")
+    from .pretrained import resolve_model
+
+    return resolve_model(model, task), files
+
+
 @fashion_app.command("predict")
 def fashion_predict(
-    run: Path = typer.Argument(..., help="Run folder."),
-    images: list[Path] = typer.Argument(..., help="Image files (any size/colour; made 28x28 grey)."),
+    files: list[Path] = typer.Argument(
+        ..., metavar="[RUN] IMAGE...", help="Image files (any size/colour; made 28x28 grey), after an optional run."
+    ),
+    model: str | None = typer.Option(None, help=MODEL_HELP.format(task="fashion")),
     top: int = typer.Option(3, min=1, max=10, help="How many classes to show."),
 ) -> None:
     """Classify your own images; prints the top classes and what was done to each image."""
+    run, images = _model_and_files("fashion", files, model)
     for r in api.predict(run, images, top=top):
         guesses = ", ".join(f"{c} {p:.1%}" for c, p in r["top"])
         typer.echo(f"{r['file']}: {guesses}")
@@ -120,11 +142,16 @@ def fashion_sweep(
 
 @facade_app.command("predict")
 def facade_predict(
-    run: Path = typer.Argument(..., help="Run folder."),
-    photos: list[Path] = typer.Argument(..., help="Photos of facades (any size; EXIF rotation honoured)."),
-    out: Path | None = typer.Option(None, "-o", "--out", help="Output folder (default: RUN/predictions)."),
+    files: list[Path] = typer.Argument(
+        ..., metavar="[RUN] PHOTO...", help="Facade photos (any size; EXIF rotation honoured), after an optional run."
+    ),
+    model: str | None = typer.Option(None, help=MODEL_HELP.format(task="facade")),
+    out: Path | None = typer.Option(
+        None, "-o", "--out", help="Output folder (default: RUN/predictions; ./predictions for a shipped model)."
+    ),
 ) -> None:
     """Segment your own photos: colour label map, overlay and per-class area percentages."""
+    run, photos = _model_and_files("facade", files, model)
     for r in api.predict(run, photos, out=out):
         shares = ", ".join(f"{c} {p:.1%}" for c, p in r["area"].items())
         typer.echo(f"{r['file']}: {shares} -> {r['overlay']}")
@@ -147,6 +174,78 @@ def report(
     if len(runs) != 1:
         raise CnnlabError(f"report takes one run folder ({len(runs)} given); add --compare to compare several")
     typer.echo(str(write_report(runs[0])))
+
+
+_CARD_METRICS = {
+    "fashion": {"acc": ("accuracy", "{:.2%}")},
+    "facade": {"map": ("mAP", "{:.3f}"), "miou": ("mIoU", "{:.3f}")},
+}
+
+
+@app.command()
+def models() -> None:
+    """List the shipped models (usable without a run folder) and their validation and test metrics."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .pretrained import list_models
+
+    cards = list_models()
+    if not cards:
+        typer.echo("no shipped models installed; predict and export take a run folder instead")
+        return
+    console = Console(highlight=False)
+    for task in sorted({c["task"] for c in cards}):
+        metrics = _CARD_METRICS[task]
+        headers = [f"{split} {label}" for split in ("val", "test") for label, _ in metrics.values()]
+        table = Table("name", "recipe", "model", *headers, "trained", title=f"{task} models", box=None)
+        for c in (c for c in cards if c["task"] == task):
+            scores = [fmt.format(c[s][k]) if c[s] else "-" for s in ("val", "test") for k, (_, fmt) in metrics.items()]
+            table.add_row(c["name"], c["recipe"], c["model"], *scores, c["trained"])
+        console.print(table)
+
+
+@app.command()
+def export(
+    model: str = typer.Argument(..., help="A run folder or a shipped model's name (see `cnnlab models`)."),
+    format_: str = typer.Option("onnx", "--format", help="Only onnx for now."),
+    out: Path | None = typer.Option(None, "-o", "--out", help="Output file (default: ./<model folder name>.onnx)."),
+) -> None:
+    """Export the network to ONNX: normalised float NCHW in, logits out, dynamic batch (and facade size)."""
+    from .export import export_onnx
+    from .pretrained import resolve_any
+
+    if format_ != "onnx":
+        raise CnnlabError(f"--format {format_}: only onnx is supported")
+    folder = resolve_any(model)
+    info = export_onnx(folder, out or Path(f"{folder.resolve().name}.onnx"))
+    typer.echo(info["file"])
+    typer.echo(f"  input:  {info['input']} {info['input_shape']}; {info['normalisation']}")
+    typer.echo(f"          mean {info['mean']}, std {info['std']}")
+    typer.echo(f"  output: {info['output']}, classes {info['classes']}")
+
+
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", help="Address to listen on; 0.0.0.0 opens it to your network (no login)."),
+    port: int = typer.Option(8000, min=0, max=65535, help="Port; 0 picks a free one (the log says which)."),
+    fashion: str | None = typer.Option(None, help="Shipped model name or run folder (default: the shipped one)."),
+    facade: str | None = typer.Option(None, help="Shipped model name or run folder (default: the shipped one)."),
+    workers: int = typer.Option(2, min=1, max=8, help="Inferences at once; one per CPU core is fastest."),
+    queue: int = typer.Option(16, min=0, max=32, help="Requests that may wait for a worker; more get 503."),
+    max_upload_mb: float = typer.Option(20, min=0.01, help="Largest upload, in MB."),
+) -> None:
+    """Serve a web page and a JSON API (/api/..., OpenAPI at /docs) for the fashion and facade models."""
+    import uvicorn
+
+    from .serve import Limits, create_app
+
+    web = create_app(fashion, facade, Limits(max_upload_bytes=int(max_upload_mb * 2**20), workers=workers, queue=queue))
+    for task, served in web.state.served.items():
+        if served.model is None:
+            typer.echo(f"cnnlab: note: /api/{task} will answer 503: {served.error}", err=True)
+    # Connections past the queue get uvicorn's own 503; this bounds the memory held by uploads in flight.
+    uvicorn.run(web, host=host, port=port, limit_concurrency=4 * (workers + queue))
 
 
 def main() -> None:
