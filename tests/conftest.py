@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -105,3 +107,49 @@ def tiny_facade(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def real_facade() -> Path:
     return require_data(FACADE_REAL, "the mini-facade set (../shared/data/cs194-26_mini_facade)")
+
+
+# ---------------------------------------------------------------- a real browser
+
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",  # needed as root (containers, CI)
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--window-size=1280,900",  # a laptop screen
+]
+
+
+def _missing(message: str) -> None:
+    if IN_CI:
+        pytest.fail(message + " (CI=true: the browser test must run)")
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium driven by selenium, with its console log kept; a skip (a failure under CI) without it."""
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        _missing("the selenium package is not installed; pip install -e '.[dev]'")
+    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver_path = shutil.which("chromedriver")
+    if not binary or not driver_path:
+        _missing("Chromium or chromedriver not found on PATH; run scripts/install-browser.sh")
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    with tempfile.TemporaryDirectory(prefix="cnnlab-chromium-") as profile:
+        for flag in [*CHROMIUM_FLAGS, f"--user-data-dir={profile}"]:
+            options.add_argument(flag)
+        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+        driver = webdriver.Chrome(options=options, service=Service(driver_path))
+        try:
+            yield driver
+        finally:
+            driver.quit()

@@ -5,12 +5,11 @@ from __future__ import annotations
 import base64
 import json
 import shutil
-import tempfile
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from conftest import IN_CI, synthetic_facade
+from conftest import synthetic_facade
 from PIL import Image
 
 from cnnlab import engine
@@ -211,49 +210,7 @@ def test_compare_refuses_mixed_tasks_and_non_runs(sweep, facade_run, tmp_path):
         find_runs([tmp_path / "missing"])
 
 
-# ---------------------------------------------------------------- in a real browser
-
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",  # needed as root (containers, CI)
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--window-size=1280,900",  # a laptop screen
-]
-
-
-def _missing(message: str) -> None:
-    if IN_CI:
-        pytest.fail(message + " (CI=true: the browser test must run)")
-    pytest.skip(message)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-    except ImportError:
-        _missing("the selenium package is not installed; pip install -e '.[dev]'")
-    binary = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver_path = shutil.which("chromedriver")
-    if not binary or not driver_path:
-        _missing("Chromium or chromedriver not found on PATH; run scripts/install-browser.sh")
-    options = webdriver.ChromeOptions()
-    options.binary_location = binary
-    with tempfile.TemporaryDirectory(prefix="cnnlab-chromium-") as profile:
-        for flag in [*CHROMIUM_FLAGS, f"--user-data-dir={profile}"]:
-            options.add_argument(flag)
-        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-        driver = webdriver.Chrome(options=options, service=Service(driver_path))
-        try:
-            yield driver
-        finally:
-            driver.quit()
+# ---------------------------------------------------------------- in a real browser (fixture `browser`: conftest.py)
 
 
 def _check_in_browser(driver, page: Path, shot: Path) -> None:

@@ -111,7 +111,7 @@ def _model_and_files(task: str, files: list[Path], model: str | None) -> tuple[P
 @fashion_app.command("predict")
 def fashion_predict(
     files: list[Path] = typer.Argument(
-        ..., metavar="[RUN] IMAGE...", help="Image files (any size/colour; made 28x28 grey), after an optional run."
+        ..., metavar="[RUN] IMAGE", help="Image files (any size/colour; made 28x28 grey), after an optional run."
     ),
     model: str | None = typer.Option(None, help=MODEL_HELP.format(task="fashion")),
     top: int = typer.Option(3, min=1, max=10, help="How many classes to show."),
@@ -143,7 +143,7 @@ def fashion_sweep(
 @facade_app.command("predict")
 def facade_predict(
     files: list[Path] = typer.Argument(
-        ..., metavar="[RUN] PHOTO...", help="Facade photos (any size; EXIF rotation honoured), after an optional run."
+        ..., metavar="[RUN] PHOTO", help="Facade photos (any size; EXIF rotation honoured), after an optional run."
     ),
     model: str | None = typer.Option(None, help=MODEL_HELP.format(task="facade")),
     out: Path | None = typer.Option(
@@ -220,7 +220,7 @@ def export(
     folder = resolve_any(model)
     info = export_onnx(folder, out or Path(f"{folder.resolve().name}.onnx"))
     typer.echo(info["file"])
-    typer.echo(f"  input:  {info['input']} {info['input_shape']}; {info['normalisation']}")
+    typer.echo(f"  input:  {' x '.join(info['input_shape'])}, {info['input']}; {info['normalisation']}")
     typer.echo(f"          mean {info['mean']}, std {info['std']}")
     typer.echo(f"  output: {info['output']}, classes {info['classes']}")
 

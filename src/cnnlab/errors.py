@@ -19,3 +19,7 @@ class CheckpointError(CnnlabError):
 
 class TrainingError(CnnlabError):
     """Training cannot go on (for example a non-finite loss)."""
+
+
+class NotAnImageError(DataError):
+    """Data given as an image is not one, or not in a format cnnlab reads."""

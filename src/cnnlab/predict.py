@@ -10,12 +10,18 @@ import torch.nn.functional as F
 
 from .data.images import load_photo
 from .engine import load_model
-from .tasks import get_task
+from .tasks import Task, get_task
+
+MIN_SIDE = 8  # px: below this a photo holds no garment worth guessing
 
 
 def fashion_input(path: Path) -> tuple[torch.Tensor, list[str]]:
-    """Any image -> uint8 (1,28,28) like Fashion-MNIST: grey, centred on a square, dark background."""
-    img, notes = load_photo(path, mode="L", min_side=8)
+    """Any image file -> uint8 (1,28,28) like Fashion-MNIST: grey, centred on a square, dark background."""
+    return fashion_pixels(*load_photo(path, mode="L", min_side=MIN_SIDE))
+
+
+def fashion_pixels(img: torch.Tensor, notes: list[str]) -> tuple[torch.Tensor, list[str]]:
+    """`fashion_input` for a loaded uint8 (1,H,W) grey image; adds to `notes` what it did."""
     _, h, w = img.shape
     # The border colour is the background: pad with it so the garment keeps its aspect ratio.
     border = torch.cat([img[0, 0], img[0, -1], img[0, :, 0], img[0, :, -1]]).float()
@@ -41,20 +47,22 @@ def predict_files(run_dir: Path, paths: list[Path], top: int = 3, out: Path | No
     model, cfg = load_model(run_dir)
     task = get_task(cfg.task)
     if cfg.task == "facade":
+        from .pretrained import is_shipped
         from .segment import segment_files
 
-        return segment_files(model, task, paths, out or run_dir / "predictions")
+        # A shipped model lives inside the installed package: its outputs go to the working folder.
+        default = Path("predictions") if is_shipped(run_dir) else run_dir / "predictions"
+        return segment_files(model, task, paths, out or default)
     results = []
     for path in paths:
         x, notes = fashion_input(path)
-        with torch.inference_mode():
-            probs = model(task.eval_inputs(x[None]))[0].softmax(0)
-        p, c = probs.topk(top)
-        results.append(
-            {
-                "file": str(path),
-                "notes": notes,
-                "top": [(task.classes[i], float(q)) for q, i in zip(p, c.tolist(), strict=True)],
-            }
-        )
+        results.append({"file": str(path), "notes": notes, "top": classify(model, task, x, top)})
     return results
+
+
+@torch.inference_mode()
+def classify(model: torch.nn.Module, task: Task, x: torch.Tensor, top: int = 3) -> list[tuple[str, float]]:
+    """The `top` most likely classes of one uint8 (1,28,28) image, with their probabilities."""
+    probs = model(task.eval_inputs(x[None]))[0].softmax(0)
+    p, c = probs.topk(top)
+    return [(task.classes[i], float(q)) for q, i in zip(p, c.tolist(), strict=True)]

@@ -8,6 +8,7 @@ averaged where they overlap, and finally the probabilities are resized back to t
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from .report.figures import colorize, write_json
 from .tasks import Task
 
 TILE, OVERLAP = 256, 64
+MIN_SIDE = 32  # px: smaller than a window of the training crops
 
 
 def _starts(length: int, tile: int, step: int) -> list[int]:
@@ -56,37 +58,59 @@ def segment(model: torch.nn.Module, task: Task, img: torch.Tensor, work_size: in
     return probs[0]
 
 
-def _label_png(labels: torch.Tensor) -> Image.Image:
+def label_png(labels: torch.Tensor) -> Image.Image:
     """A palette PNG whose pixel values are the class indices, shown in the class colours."""
     im = Image.fromarray(labels.to(torch.uint8).numpy(), mode="P")
     im.putpalette([v for rgb in fdata.COLORS for v in rgb])
     return im
 
 
+@dataclass
+class Segmentation:
+    labels: torch.Tensor  # (H,W) class indices
+    overlay: np.ndarray  # (H,W,3) uint8: the photo and the class colours, half and half
+    area: dict[str, float]  # class -> share of the photo's pixels
+
+
+def segment_photo(
+    model: torch.nn.Module, task: Task, img: torch.Tensor, notes: list[str], work_size: int = 512
+) -> Segmentation:
+    """Label map, overlay and class areas of one uint8 (3,H,W) photo; adds to `notes` how it was segmented."""
+    _, h, w = img.shape
+    if max(h, w) > work_size:
+        notes.append(f"segmented at {work_size} px on the longer side, then resized back to {w}x{h}")
+    labels = segment(model, task, img, work_size).argmax(0)
+    colour = colorize(labels, fdata.COLORS)
+    photo = img.permute(1, 2, 0).numpy()
+    overlay = (0.5 * photo + 0.5 * colour).astype(np.uint8)
+    area = torch.bincount(labels.flatten(), minlength=len(task.classes)).double() / labels.numel()
+    return Segmentation(labels, overlay, {c: float(a) for c, a in zip(task.classes, area, strict=True)})
+
+
 def segment_files(
     model: torch.nn.Module, task: Task, paths: list[Path], out_dir: Path, work_size: int = 512
 ) -> list[dict[str, Any]]:
     """Write NAME_labels.png, NAME_overlay.jpg and NAME_areas.json for each photo into `out_dir`."""
-    photos = [(p, *load_photo(p, mode="RGB", min_side=32)) for p in paths]  # every input checked before any output
+    # every input checked before any output
+    photos = [(p, *load_photo(p, mode="RGB", min_side=MIN_SIDE)) for p in paths]
     out_dir.mkdir(parents=True, exist_ok=True)
     results = []
     for path, img, notes in photos:
         _, h, w = img.shape
-        if max(h, w) > work_size:
-            notes.append(f"segmented at {work_size} px on the longer side, then resized back to {w}x{h}")
-        labels = segment(model, task, img, work_size).argmax(0)
-        colour = colorize(labels, fdata.COLORS)
-        photo = img.permute(1, 2, 0).numpy()
-        overlay = (0.5 * photo + 0.5 * colour).astype(np.uint8)
-        area = torch.bincount(labels.flatten(), minlength=len(task.classes)).double() / labels.numel()
-        shares = {c: float(a) for c, a in zip(task.classes, area, strict=True)}
-        label_png, overlay_jpg = out_dir / f"{path.stem}_labels.png", out_dir / f"{path.stem}_overlay.jpg"
-        atomic_write(label_png, partial(_label_png(labels).save, format="PNG"))
-        atomic_write(overlay_jpg, partial(Image.fromarray(overlay).save, format="JPEG", quality=90))
+        seg = segment_photo(model, task, img, notes, work_size)
+        label_file, overlay_jpg = out_dir / f"{path.stem}_labels.png", out_dir / f"{path.stem}_overlay.jpg"
+        atomic_write(label_file, partial(label_png(seg.labels).save, format="PNG"))
+        atomic_write(overlay_jpg, partial(Image.fromarray(seg.overlay).save, format="JPEG", quality=90))
         write_json(
-            out_dir / f"{path.stem}_areas.json", {"file": str(path), "size": [w, h], "area": shares, "notes": notes}
+            out_dir / f"{path.stem}_areas.json", {"file": str(path), "size": [w, h], "area": seg.area, "notes": notes}
         )
         results.append(
-            {"file": str(path), "notes": notes, "area": shares, "labels": str(label_png), "overlay": str(overlay_jpg)}
+            {
+                "file": str(path),
+                "notes": notes,
+                "area": seg.area,
+                "labels": str(label_file),
+                "overlay": str(overlay_jpg),
+            }
         )
     return results

@@ -2,29 +2,29 @@
 
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
-from ..errors import DataError
+from ..errors import DataError, NotAnImageError
 
 _SIXTEEN_BIT_GREY = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 _SOURCE_NAMES = {"1": "1-bit black/white", "L": "greyscale", "P": "palette", "LA": "greyscale+alpha"}
 _EXIF_ORIENTATION = 0x0112
+MAX_PIXELS = 40_000_000  # a 40-megapixel photo; far larger declared sizes are decompression bombs
 
 
 def load_photo(
-    path: str | Path, *, mode: str = "RGB", max_pixels: int = 40_000_000, min_side: int = 1
+    path: str | Path, *, mode: str = "RGB", max_pixels: int = MAX_PIXELS, min_side: int = 1
 ) -> tuple[Tensor, list[str]]:
     """Read an image file as uint8 (C, H, W), C = 3 for mode "RGB" or 1 for "L".
 
     Returns the pixels and human notes on what was done to them (EXIF rotation, mode conversion).
     Any problem with the file raises DataError.
     """
-    if mode not in ("RGB", "L"):
-        raise ValueError(f"mode must be 'RGB' or 'L', not {mode!r}")
     path = Path(path)
     if path.is_dir():
         raise DataError(f"{path}: is a folder, not an image file; give the path of a photo")
@@ -32,22 +32,41 @@ def load_photo(
         raise DataError(f"{path}: file not found; check the path")
     if path.stat().st_size == 0:
         raise DataError(f"{path}: file is empty (0 bytes); give a real JPEG or PNG photo")
+    return read_photo(path, str(path), mode=mode, max_pixels=max_pixels, min_side=min_side)
+
+
+def read_photo(
+    source: str | Path | BinaryIO,
+    name: str,
+    *,
+    mode: str = "RGB",
+    max_pixels: int = MAX_PIXELS,
+    min_side: int = 1,
+    formats: tuple[str, ...] | None = None,
+) -> tuple[Tensor, list[str]]:
+    """`load_photo` for a path or an open binary file (an upload in memory); `name` stands for it in messages.
+
+    `formats` limits the decoders PIL may try (for untrusted input); data in any other format raises
+    NotAnImageError, as non-image data does. Any other problem raises DataError.
+    """
+    if mode not in ("RGB", "L"):
+        raise ValueError(f"mode must be 'RGB' or 'L', not {mode!r}")
     notes: list[str] = []
     try:
         # Our own pixel limit is checked from the header below, so PIL's softer warning is noise here;
         # its hard DecompressionBombError (over twice its own limit) still stops a bomb at open().
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with Image.open(source, formats=formats) as im:
                 width, height = im.size
                 if width * height > max_pixels:
                     raise DataError(
-                        f"{path}: declares {width}x{height} = {width * height:,} pixels, over the limit of "
+                        f"{name}: declares {width}x{height} = {width * height:,} pixels, over the limit of "
                         f"{max_pixels:,}; shrink the image first (this also stops decompression bombs)"
                     )
                 if min(width, height) < min_side:
                     raise DataError(
-                        f"{path}: {width}x{height} pixels is too small to predict on (under {min_side} px on a "
+                        f"{name}: {width}x{height} pixels is too small to predict on (under {min_side} px on a "
                         f"side); give a larger image"
                     )
                 if getattr(im, "n_frames", 1) > 1:
@@ -55,12 +74,14 @@ def load_photo(
                 im.load()  # decode everything now so a truncated file fails here
                 orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
                 im = ImageOps.exif_transpose(im)
+    except UnidentifiedImageError as e:
+        raise NotAnImageError(f"{name}: not a readable image (no image format cnnlab reads); give a JPEG or PNG") from e
     except Image.DecompressionBombError as e:
         raise DataError(
-            f"{path}: refused as a possible decompression bomb ({_one_line(e)}); shrink the image first"
+            f"{name}: refused as a possible decompression bomb ({_one_line(e)}); shrink the image first"
         ) from e
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as e:
-        raise DataError(f"{path}: not a readable image ({_one_line(e)}); give a complete JPEG or PNG") from e
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise DataError(f"{name}: not a readable image ({_one_line(e)}); give a complete JPEG or PNG") from e
     if orientation in range(2, 9):
         notes.append(f"rotated per EXIF orientation {orientation}")
     im = _convert(im, mode, notes)

@@ -1,0 +1,308 @@
+"""`cnnlab serve`: the JSON API on real images, its refusals and limits, the page in Chromium, a load test."""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+import statistics
+import struct
+import subprocess
+import sys
+import threading
+import time
+import warnings
+import zlib
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cnnlab import engine, pretrained
+from cnnlab.config import load_config
+from cnnlab.data import fashion
+from cnnlab.data.images import load_photo
+from cnnlab.predict import classify
+from cnnlab.segment import segment_photo
+from cnnlab.serve import Limits, create_app
+from cnnlab.tasks import get_task
+from cnnlab.tasks.facade import HEX
+
+with warnings.catch_warnings():
+    # Starlette 1.x asks for httpx2, which needs Python 3.11; httpx still works, and cnnlab supports 3.10.
+    warnings.filterwarnings("ignore", "Using `httpx` with `starlette.testclient` is deprecated")
+    from fastapi.testclient import TestClient
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_fashion, tiny_facade, tmp_path_factory) -> dict[str, Path]:
+    """A tiny run of each task: real checkpoints, so no test needs the shipped models."""
+    root = tmp_path_factory.mktemp("serve")
+    fashion_cfg = load_config("fashion", "seed-a", [f"data.dir={tiny_fashion}", "train.epochs=1", "train.threads=1"])
+    facade_cfg = load_config(
+        "facade",
+        "unet",
+        [f"data.dir={tiny_facade}", "data.group_key=file", "data.val_fraction=0.25", "data.test_fraction=0.25",
+         "train.epochs=1", "train.batch_size=4", "augment.crop_size=32", "train.threads=1"],
+    )  # fmt: skip
+    return {
+        "fashion": engine.train(fashion_cfg, root / "fashion", progress=False, finish=False).run_dir,
+        "facade": engine.train(facade_cfg, root / "facade", progress=False, finish=False).run_dir,
+    }
+
+
+@pytest.fixture(scope="module")
+def client(runs):
+    with TestClient(create_app(runs["fashion"], runs["facade"])) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def facade_photo(real_facade) -> Path:
+    return sorted(real_facade.glob("*.jpg"))[0]
+
+
+@pytest.fixture(scope="module")
+def garment(real_fashion) -> tuple[bytes, torch.Tensor]:
+    """The first Fashion-MNIST test image, as a PNG file's bytes and as the data set's tensor."""
+    x = fashion.read_split(real_fashion, "t10k").x[0]
+    return _encoded("PNG", x[0].numpy()), x
+
+
+def _encoded(fmt: str, pixels: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def _declared_png(width: int, height: int) -> bytes:
+    """A PNG whose header declares width x height pixels, with almost no data: a decompression bomb's shape."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))  # 8-bit grey
+    return b"\x89PNG\r\n\x1a\n" + ihdr + chunk(b"IDAT", zlib.compress(b"\0" * 1024)) + chunk(b"IEND", b"")
+
+
+def _post(client, endpoint: str, data: bytes, name: str = "upload.jpg"):
+    return client.post(f"/api/{endpoint}", files={"file": (name, data)})
+
+
+def _from_data_uri(uri: str) -> Image.Image:
+    assert uri.startswith("data:image/png;base64,")
+    return Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1])))
+
+
+def _until(condition: Callable[[], bool], timeout: float = 30) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+# ---------------------------------------------------------------- the API
+
+
+def test_health_page_and_openapi(client):
+    health = client.get("/api/health").json()
+    assert health["status"] == "ok" and all(m["ready"] for m in health["models"].values())
+    assert health["limits"] == {"max_upload_bytes": 20 * 2**20, "max_pixels": 40_000_000, "workers": 2, "queue": 16}
+    page = client.get("/")
+    assert page.headers["content-type"].startswith("text/html")
+    assert "http://" not in page.text and "https://" not in page.text  # no CDN: the machine may be offline
+    assert 'id="facade-file"' in page.text and 'id="fashion-file"' in page.text
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/api/facade", "/api/fashion", "/api/health"} <= set(paths)
+    assert "multipart/form-data" in paths["/api/facade"]["post"]["requestBody"]["content"]
+
+
+def test_facade_segments_a_real_photo_as_the_cli_does(client, runs, facade_photo):
+    r = _post(client, "facade", facade_photo.read_bytes(), facade_photo.name)
+    assert r.status_code == 200, r.text
+    d = r.json()
+    img, _ = load_photo(facade_photo)
+    assert (d["width"], d["height"]) == (img.shape[2], img.shape[1])
+    classes = list(get_task("facade").classes)
+    assert list(d["areas"]) == classes and sum(d["areas"].values()) == pytest.approx(1)
+    assert d["colors"] == dict(zip(classes, HEX, strict=True))
+    labels = _from_data_uri(d["labels_png"])
+    assert labels.mode == "P" and labels.size == (d["width"], d["height"])
+    counted = np.bincount(np.asarray(labels).ravel(), minlength=len(classes)) / labels.width / labels.height
+    assert counted.tolist() == pytest.approx(list(d["areas"].values()))
+    overlay = _from_data_uri(d["overlay_png"])
+    assert overlay.mode == "RGB" and overlay.size == labels.size
+    model, _ = engine.load_model(runs["facade"])
+    with torch.inference_mode():
+        expected = segment_photo(model, get_task("facade"), img, [])
+    assert (np.asarray(labels) == expected.labels.numpy()).mean() > 0.999
+
+
+def test_fashion_classifies_a_real_test_image_as_the_cli_does(client, runs, garment):
+    data, x = garment
+    r = _post(client, "fashion", data, "garment.png")
+    assert r.status_code == 200, r.text
+    d = r.json()
+    assert d["notes"] == []  # a Fashion-MNIST image is used as it is
+    probabilities = [g["probability"] for g in d["top"]]
+    assert len(d["top"]) == 3 and probabilities == sorted(probabilities, reverse=True) and sum(probabilities) <= 1
+    model, _ = engine.load_model(runs["fashion"])
+    expected = classify(model, get_task("fashion"), x)
+    assert [g["class"] for g in d["top"]] == [c for c, _ in expected]
+    assert probabilities == pytest.approx([p for _, p in expected], abs=1e-5)
+
+
+REFUSED = {
+    "text named .jpg": ("facade", b"just some text", 415, "not a readable image"),
+    "image format not served": ("fashion", _encoded("PCX", np.zeros((64, 64, 3), np.uint8)), 415, "not a readable"),
+    "truncated jpeg": ("facade", _encoded("JPEG", np.full((300, 300, 3), 90, np.uint8))[:300], 400, "not a readable"),
+    "over the pixel cap": ("facade", _declared_png(8000, 6000), 400, "over the limit of 40,000,000"),
+    "decompression bomb": ("fashion", _declared_png(30000, 30000), 400, "decompression bomb"),
+    "too small": ("facade", _encoded("PNG", np.zeros((16, 16, 3), np.uint8)), 400, "too small"),
+}
+
+
+@pytest.mark.parametrize("case", REFUSED)
+def test_bad_uploads_are_refused_with_one_line(client, case):
+    endpoint, data, status, message = REFUSED[case]
+    r = _post(client, endpoint, data, "photo.jpg")
+    assert r.status_code == status, r.text
+    detail = r.json()["detail"]
+    assert message in detail and detail.startswith("photo.jpg: ") and "\n" not in detail
+
+
+def test_uploads_over_the_size_limit_are_413(runs):
+    with TestClient(create_app(runs["fashion"], runs["facade"], Limits(max_upload_bytes=2**20))) as c:
+        answers = {
+            "just over": _post(c, "facade", b"\0" * (2**20 + 1)),  # the file itself, read by the endpoint
+            "declared": _post(c, "facade", b"\0" * 3 * 2**20),  # refused from Content-Length, unread
+            "chunked": c.post(  # no Content-Length: counted as it arrives
+                "/api/facade",
+                content=iter([b"\0" * 2**16] * 48),
+                headers={"content-type": "multipart/form-data; boundary=x"},
+            ),
+        }
+    for how, r in answers.items():
+        assert r.status_code == 413, (how, r.text)
+        assert r.json()["detail"] == "upload over the limit of 1 MB; send a smaller image"
+
+
+def test_a_missing_model_answers_503_and_the_other_task_works(runs, garment, facade_photo, tmp_path, monkeypatch):
+    monkeypatch.setenv(pretrained.ENV_VAR, str(tmp_path))  # no shipped models there
+    with TestClient(create_app(runs["fashion"], None)) as c:
+        r = _post(c, "facade", facade_photo.read_bytes())
+        assert r.status_code == 503 and r.json()["detail"].startswith("no facade model loaded: no shipped facade model")
+        assert c.get("/api/health").json()["status"] == "degraded"
+        assert _post(c, "fashion", garment[0]).status_code == 200
+
+
+class _Held(torch.nn.Module):
+    """A model whose every forward pass waits until the test lets it go."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model, self.entered, self.go = model, threading.Event(), threading.Event()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.entered.set()
+        assert self.go.wait(30)
+        return self.model(x)
+
+
+def test_a_full_queue_answers_503_with_retry_after(runs, garment):
+    app = create_app(runs["fashion"], runs["facade"], Limits(workers=1, queue=1))
+    held = app.state.served["fashion"].model = _Held(app.state.served["fashion"].model)
+    with TestClient(app) as c, ThreadPoolExecutor(2) as pool:
+        running = pool.submit(_post, c, "fashion", garment[0])
+        assert held.entered.wait(30)
+        waiting = pool.submit(_post, c, "fashion", garment[0])
+        _until(lambda: app.state.gate.admitted == 2)
+        refused = _post(c, "fashion", garment[0])
+        held.go.set()
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "2"
+        assert refused.json()["detail"].startswith("busy: 2 requests are running or waiting")
+        assert running.result().status_code == 200 and waiting.result().status_code == 200
+    assert app.state.gate.admitted == 0
+
+
+# ---------------------------------------------------------------- the real server
+
+
+@pytest.fixture(scope="module")
+def server(runs, tmp_path_factory):
+    """`cnnlab serve --port 0` in a process of its own, as a user starts it; yields its URL and working folder."""
+    cwd, log = tmp_path_factory.mktemp("server-cwd"), tmp_path_factory.mktemp("server-log") / "stderr.txt"
+    args = ["serve", "--port", "0", "--fashion", runs["fashion"], "--facade", runs["facade"]]
+    with open(log, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "cnnlab", *map(str, args)], cwd=cwd, stdout=err, stderr=err)
+    try:
+        _until(lambda: proc.poll() is not None or "Uvicorn running on" in log.read_text(), timeout=60)
+        found = re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", log.read_text())
+        assert found, log.read_text()
+        yield found.group(1), cwd
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def test_page_in_headless_chromium(browser, server, facade_photo, garment, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url, _ = server
+    wait = WebDriverWait(browser, 30)
+    browser.get(url + "/")
+    wait.until(lambda d: d.find_element(By.ID, "facade-model").text.startswith("Model: "))
+    browser.find_element(By.ID, "facade-file").send_keys(str(facade_photo))
+    wait.until(
+        lambda d: d.execute_script(
+            "const img = document.getElementById('overlay');"
+            "return !document.getElementById('facade-result').hidden && img.complete && img.naturalWidth > 0"
+        )
+    )
+    assert browser.execute_script("return document.getElementById('overlay').naturalWidth") == 256
+    rows = [r.text for r in browser.find_elements(By.CSS_SELECTOR, "#areas tbody tr")]
+    assert [r.split()[0] for r in rows] == list(get_task("facade").classes)
+    shares = [float(td.text.rstrip(" %")) for td in browser.find_elements(By.CSS_SELECTOR, "#areas td.num")]
+    assert sum(shares) == pytest.approx(100, abs=0.5)
+
+    (tmp_path / "garment.png").write_bytes(garment[0])
+    browser.find_element(By.ID, "fashion-file").send_keys(str(tmp_path / "garment.png"))
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#top tbody tr")) == 3)
+
+    errors = [e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert not errors, f"console errors: {errors}"
+    assert not browser.execute_script("return document.documentElement.scrollWidth > window.innerWidth")
+    shot = browser.execute_cdp_cmd("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True})
+    (tmp_path / "serve.png").write_bytes(base64.b64decode(shot["data"]))
+    print(f"screenshot: {tmp_path / 'serve.png'}")
+
+
+def test_load_on_loopback(server, facade_photo, garment):
+    """200 uploads, 8 at a time, one in four a facade photo: every one answered, none refused."""
+    url, cwd = server
+    work = [("facade", facade_photo.read_bytes()) if i % 4 == 0 else ("fashion", garment[0]) for i in range(200)]
+    clients = [httpx.Client(base_url=url, timeout=60) for _ in range(8)]
+
+    def one(i: int) -> tuple[int, float]:
+        start = time.perf_counter()
+        r = _post(clients[i % 8], work[i][0], work[i][1])
+        return r.status_code, time.perf_counter() - start
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(one, range(len(work))))
+    wall = time.perf_counter() - start
+    for c in clients:
+        c.close()
+    assert [status for status, _ in results] == [200] * len(work)
+    q = statistics.quantiles([s for _, s in results], n=100, method="inclusive")
+    print(f"load: {len(work)} requests, 8 at a time: p50 {q[49] * 1e3:.0f} ms, p95 {q[94] * 1e3:.0f} ms, "
+          f"{len(work) / wall:.1f} requests/s")  # fmt: skip
+    assert q[94] < 10  # seconds; generous, as the machine is shared
+    assert not any(cwd.iterdir())  # the server wrote no file where it ran
