@@ -26,7 +26,7 @@ class FashionTask(Task):
         return data.load(d.dir, val_fraction=d.val_fraction, seed=cfg.train.seed, limit=d.limit)
 
     def build_model(self, cfg: RunConfig) -> torch.nn.Module:
-        return build_fashion_model(cfg.model.name, cfg.model.activation)
+        return build_fashion_model(cfg.model.name, cfg.model.activation, cfg.model.width)
 
     def eval_inputs(self, x: torch.Tensor) -> torch.Tensor:
         return (x.float() / 255 - data.MEAN) / data.STD
