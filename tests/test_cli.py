@@ -28,6 +28,9 @@ def test_help_lists_the_commands():
     for word in ("train", "evaluate", "predict", "sweep-activations"):
         assert word in out
     assert "--recipe" in cnnlab("fashion", "train", "--help").stdout
+    top = cnnlab("--help").stdout
+    for word in ("fashion", "facade", "report", "models", "export", "serve"):
+        assert word in top
 
 
 @pytest.mark.parametrize(

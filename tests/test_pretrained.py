@@ -164,3 +164,29 @@ def test_segment_without_a_run(runs, shipped, tiny_facade, tmp_path):
     r = cnnlab("fashion", "predict", "--model", "alt", photo, models=shipped)
     assert r.returncode == 2 and r.stderr.count("\n") == 1
     assert "alt: a shipped facade model, not a fashion one; see `cnnlab models`" in r.stderr
+
+
+def test_the_shipped_weights_are_good_models(real_fashion, real_facade, tmp_path, monkeypatch):
+    """The models that come with the package, offline and with no run: their cards' numbers hold up."""
+    monkeypatch.delenv(pretrained.ENV_VAR, raising=False)
+    cards = {c["name"]: c for c in pretrained.list_models()}
+    assert cards["fashion"]["test"]["acc"] >= 0.93 and cards["facade"]["val"]["map"] >= 0.70
+    for name in ("fashion", "facade"):
+        weights = pretrained.models_dir() / name / "checkpoints" / "best.safetensors"
+        assert weights.stat().st_size < 5 * 2**20
+
+    from cnnlab.data import fashion as fdata
+
+    test = fdata.read_split(real_fashion, "t10k")
+    model, _ = engine.load_model(pretrained.resolve_model(None, "fashion"))
+    task = FashionTask()
+    with torch.inference_mode():
+        pred = model(task.eval_inputs(test.x[:500])).argmax(1)
+    assert (pred == test.y[:500]).float().mean() >= 0.9
+
+    monkeypatch.chdir(tmp_path)
+    photo = real_facade / "eecs442_0007.jpg"
+    result = CliRunner().invoke(app, ["facade", "predict", str(photo)])
+    assert result.exit_code == 0, result.output
+    areas = json.loads((tmp_path / "predictions" / "eecs442_0007_areas.json").read_text())["area"]
+    assert sum(areas.values()) == pytest.approx(1.0) and areas["facade"] > 0.3 and areas["window"] > 0.05
