@@ -83,6 +83,26 @@ def test_seg_image_and_labels_stay_aligned(h, w, out_size, min_crop, seed):
     assert torch.equal(out_labels[clear], expected[clear])
 
 
+@FAST
+@given(crop=st.floats(0.2, 1.0), seed=st.integers(0, 2**31))
+def test_seg_crop_side_is_the_fraction_asked_for(crop, seed):
+    # With min_crop == max_crop the crop side is exactly crop * 40 px: adjacent output pixels sample
+    # source columns side / out_size apart (channel 0 is the column ramp).
+    ys, xs = torch.meshgrid(torch.arange(40), torch.arange(40), indexing="ij")
+    image = torch.stack([xs * 6, ys * 6, torch.zeros_like(xs)]).to(torch.uint8).expand(2, 3, 40, 40)
+    labels = torch.zeros(2, 40, 40, dtype=torch.uint8)
+    out, _ = seg_augment(image, labels, _gen(seed), out_size=16, min_crop=crop, max_crop=crop, hflip=False, jitter=0)
+    step = (out[:, 0, :, 1:] - out[:, 0, :, :-1]) * 255 / 6
+    assert torch.allclose(step, torch.full_like(step, crop * 40 / 16), atol=1e-3)
+
+
+def test_seg_whole_images_keep_their_shape():
+    images, labels = _batch(2, 12, 20)
+    out, out_labels = seg_augment(images, labels, _gen(0), out_size=None, hflip=False, jitter=0.0)
+    assert torch.equal(out_labels, labels.long())
+    assert torch.allclose(out, images.float() / 255, atol=1e-6)
+
+
 def test_seg_is_deterministic_by_generator_state():
     images, labels = _batch(4, 32, 32)
     a = seg_augment(images, labels, _gen(7), out_size=16)

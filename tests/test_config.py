@@ -34,6 +34,7 @@ def test_overrides_are_typed():
         ("- a list", "a recipe must be a mapping"),
         ("train: {epochs: [1, 2", "cannot read recipe"),
         ("task: facade", "recipe is for task 'facade'"),
+        ("augment: {min_crop: 0.8, max_crop: 0.5}", "augment: Value error, min_crop 0.8 is above max_crop 0.5"),
     ],
 )
 def test_bad_recipes_are_refused_in_one_line(tmp_path, text, expected):
@@ -52,3 +53,8 @@ def test_unknown_recipe_lists_the_choices():
 def test_bad_override_syntax():
     with pytest.raises(ConfigError, match=r"expected section.key=value"):
         load_config("fashion", "seed-a", ["epochs"])
+
+
+def test_shift_tta_is_refused_for_segmentation():
+    with pytest.raises(ConfigError, match=r"train\.tta_shift is for classification"):
+        load_config("facade", "unet", ["train.tta_shift=1"])

@@ -131,3 +131,24 @@ def test_tensorboard_scalars_have_no_duplicates_across_a_resume(tiny_fashion, tm
     steps = [e.step for e in acc.Scalars("batch/loss")]
     assert sorted(set(steps)) == list(range(1, 35))
     assert [e.step for e in acc.Scalars("epoch/val_acc")] == [17, 34]
+
+
+def test_shift_moves_pixels_and_fills_zeros():
+    x = torch.arange(1, 10, dtype=torch.uint8).view(1, 3, 3)
+    assert engine.shift(x, 0, 1).tolist() == [[[0, 1, 2], [0, 4, 5], [0, 7, 8]]]
+    assert engine.shift(x, -1, 0).tolist() == [[[4, 5, 6], [7, 8, 9], [0, 0, 0]]]
+    assert torch.equal(engine.shift(x, 0, 0), x)
+
+
+def test_test_time_views_are_averaged():
+    # A linear model on raw pixels: its output differs for every view, so each one must be counted.
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 10))
+    x = torch.randint(0, 256, (3, 1, 4, 4), dtype=torch.uint8)
+    task, rt = FashionTask(), engine.Runtime(torch.device("cpu"), bf16=False, channels_last=False, threads=1)
+    views = [engine.shift(x, dy, dx) for dy, dx in ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))]
+    views += [v.flip(-1) for v in views]
+    with torch.no_grad():
+        expected = torch.stack([model(task.eval_inputs(v)).softmax(1) for v in views]).mean(0)
+    got = engine.predict(model, task, x, rt, batch_size=2, tta_flip=True, tta_shift=1)
+    assert torch.allclose(got, expected, atol=1e-6)

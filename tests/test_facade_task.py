@@ -51,6 +51,13 @@ def test_batch_weighted_loss_is_mean_of_per_class_means():
     assert FacadeTask().loss(logits, y, cfg).item() == pytest.approx(expected.item(), rel=1e-5)
 
 
+def test_last_epochs_train_on_whole_images():
+    cfg = load_config("facade", "unet", ["augment.crop_size=32", "train.epochs=5", "augment.full_size_epochs=2"])
+    x, y = torch.randint(0, 256, (2, 3, 64, 48), dtype=torch.uint8), torch.randint(0, 5, (2, 64, 48), dtype=torch.uint8)
+    shapes = [FacadeTask().train_inputs(x, y, cfg, torch.Generator().manual_seed(0), e)[1].shape for e in range(5)]
+    assert shapes == [(2, 32, 32)] * 3 + [(2, 64, 48)] * 2
+
+
 def test_train_resume_evaluate_and_figures(tiny_facade, tmp_path):
     full = engine.train(_cfg(tiny_facade), tmp_path / "full", progress=False)
     part = engine.train(_cfg(tiny_facade), tmp_path / "part", progress=False, max_steps=3)

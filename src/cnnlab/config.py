@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import ConfigError
 
@@ -32,7 +32,15 @@ class AugmentConfig(_Strict):
     erase: float = Field(0.0, ge=0.0, le=1.0)
     crop_size: int | None = Field(None, gt=0)
     min_crop: float = Field(1.0, gt=0.0, le=1.0)
+    max_crop: float = Field(1.0, gt=0.0, le=1.0)
     jitter: float = Field(0.0, ge=0.0, lt=1.0)
+    full_size_epochs: int = Field(0, ge=0, description="segmentation: the last N epochs train on whole images")
+
+    @model_validator(mode="after")
+    def _crop_range(self) -> AugmentConfig:
+        if self.min_crop > self.max_crop:
+            raise ValueError(f"min_crop {self.min_crop} is above max_crop {self.max_crop}")
+        return self
 
 
 class ModelConfig(_Strict):
@@ -67,6 +75,9 @@ class TrainConfig(_Strict):
     eval_batch_size: int = Field(512, gt=0)
     checkpoint_every_s: float = Field(60.0, gt=0.0)
     tta_flip: bool = False
+    tta_shift: int = Field(
+        0, ge=0, description="classification: final evaluations also average over inputs shifted this many px"
+    )
     tensorboard: bool = False
 
 
@@ -79,6 +90,13 @@ class RunConfig(_Strict):
     loss: LossConfig = LossConfig()
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
+
+    @model_validator(mode="after")
+    def _shift_tta_classifies(self) -> RunConfig:
+        # Shifted views of a label map would need shifting back; classification has no such map.
+        if self.task == "facade" and self.train.tta_shift:
+            raise ValueError("train.tta_shift is for classification; facades take train.tta_flip")
+        return self
 
 
 def recipe_dirs() -> list[Path]:

@@ -142,12 +142,24 @@ def lr_at(cfg: RunConfig, step: int, total: int) -> float:
 
 def make_optimizer(cfg: RunConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
     o = cfg.optim
+    # The fused kernels update every parameter in one call: on the CPU the per-parameter loop of the
+    # default implementation costs seed-a about 5% of its step (benchmarks/throughput.py).
     if o.name == "sgd":
         return torch.optim.SGD(
-            model.parameters(), lr=o.lr, momentum=o.momentum, nesterov=True, weight_decay=o.weight_decay
+            model.parameters(), lr=o.lr, momentum=o.momentum, nesterov=True, weight_decay=o.weight_decay, fused=True
         )
     opt = torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam
-    return opt(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+    return opt(model.parameters(), lr=o.lr, weight_decay=o.weight_decay, fused=True)
+
+
+def _match_state_layout(opt: torch.optim.Optimizer) -> None:
+    """Give loaded optimizer state its parameter's memory layout again. Checkpoints store tensors
+    contiguous, but the fused kernels walk a parameter and its state in memory order: a channels-last
+    weight beside a contiguous moment would pair the wrong elements."""
+    for p, state in opt.state.items():
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor) and value.shape == p.shape:
+                state[key] = torch.empty_like(p).copy_(value)
 
 
 def _generator(*parts: int) -> torch.Generator:
@@ -196,29 +208,52 @@ def read_history(run_dir: Path) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------- evaluation
 
 
+def shift(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """Translate the last two dims by (dy, dx) pixels (down, right), filling with zeros."""
+    if not (dy or dx):
+        return x
+    h, w = x.shape[-2:]
+    padded = torch.nn.functional.pad(x, (max(dx, 0), max(-dx, 0), max(dy, 0), max(-dy, 0)))
+    return padded[..., max(-dy, 0) : max(-dy, 0) + h, max(-dx, 0) : max(-dx, 0) + w]
+
+
 @torch.inference_mode()
 def predict(
-    model: torch.nn.Module, task: Task, x_u8: torch.Tensor, rt: Runtime, batch_size: int, tta_flip: bool = False
+    model: torch.nn.Module,
+    task: Task,
+    x_u8: torch.Tensor,
+    rt: Runtime,
+    batch_size: int,
+    tta_flip: bool = False,
+    tta_shift: int = 0,
 ) -> torch.Tensor:
-    """Class probabilities for uint8 inputs, in batches, as float32."""
+    """Class probabilities for uint8 inputs, in batches, as float32; averaged over the test-time views
+    (mirrored; shifted by `tta_shift` pixels up, down, left and right: classification only)."""
     model.eval()
+    s = tta_shift
+    shifts = [(0, 0), (s, 0), (-s, 0), (0, s), (0, -s)] if s else [(0, 0)]
     out = []
     for i in range(0, len(x_u8), batch_size):
-        x = task.eval_inputs(x_u8[i : i + batch_size]).to(rt.device)
-        if rt.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with rt.autocast():
-            p = model(x).float().softmax(1)
-            if tta_flip:
-                p = (p + task.unflip(model(x.flip(-1)).float().softmax(1))) / 2
-        out.append(p.cpu())
+        p = 0
+        for dy, dx in shifts:
+            x = task.eval_inputs(shift(x_u8[i : i + batch_size], dy, dx)).to(rt.device)
+            if rt.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with rt.autocast():
+                p = p + model(x).float().softmax(1)
+                if tta_flip:
+                    p = p + task.unflip(model(x.flip(-1)).float().softmax(1))
+        out.append((p / (len(shifts) * (1 + tta_flip))).cpu())
     return torch.cat(out)
 
 
 def evaluate_split(
-    model: torch.nn.Module, task: Task, split: Batchable, rt: Runtime, cfg: RunConfig
+    model: torch.nn.Module, task: Task, split: Batchable, rt: Runtime, cfg: RunConfig, shifts: bool = True
 ) -> tuple[dict[str, Any], torch.Tensor]:
-    probs = predict(model, task, split.x, rt, cfg.train.eval_batch_size, cfg.train.tta_flip)
+    """Metrics and probabilities of `model` on a split, with the test-time views of `cfg`. `shifts=False`
+    leaves out the shifted views: per-epoch validation, where 10 views of 6000 images cost ~10 s an epoch."""
+    tta_shift = cfg.train.tta_shift if shifts else 0
+    probs = predict(model, task, split.x, rt, cfg.train.eval_batch_size, cfg.train.tta_flip, tta_shift)
     return task.metrics(probs, split.y, cfg), probs
 
 
@@ -335,6 +370,7 @@ class Trainer:
             saved = checkpoint.load_latest(self.paths.last)
             self.net.load_state_dict(saved["model"])
             self.opt.load_state_dict(saved["optim"])
+            _match_state_layout(self.opt)
             self.state = saved["state"]
             self.log = (
                 MetricsLog(self.paths.metrics, truncate_at=self.state["metrics_offset"]) if self.dist.main else None
@@ -383,9 +419,11 @@ class Trainer:
         torch.manual_seed(int(torch.randint(2**62, (1,), generator=gen)))
         # The whole global batch is augmented on every process, then sharded: the same random draws as in
         # one process, so a run's result does not depend on how many processes computed it.
-        x, y = self.task.train_inputs(self.train_set.x[idx], self.train_set.y[idx], cfg, gen)
-        mine = self.dist.shard(torch.arange(len(idx)))
-        x, y = x[mine].to(rt.device), y[mine].to(rt.device)
+        x, y = self.task.train_inputs(self.train_set.x[idx], self.train_set.y[idx], cfg, gen, self.state["epoch"])
+        if self.dist.world > 1:
+            mine = self.dist.shard(torch.arange(len(idx)))
+            x, y = x[mine], y[mine]
+        x, y = x.to(rt.device, non_blocking=True), y.to(rt.device, non_blocking=True)
         if rt.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         lr = lr_at(cfg, step, self.total_steps)
@@ -396,11 +434,11 @@ class Trainer:
             loss = self.task.loss(logits.float(), y, cfg)
         # DDP averages gradients over processes; weighting each shard by its size makes that the mean
         # over the global batch even when the last batch does not split evenly.
-        (loss * (len(mine) * self.dist.world / len(idx))).backward()
+        (loss * (len(y) * self.dist.world / len(idx))).backward()
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         correct, count = self.task.batch_correct(logits.detach(), y)
-        return loss.item() * len(mine), correct, count, lr
+        return loss.item() * len(y), correct, count, lr
 
     def run(self, max_steps: int | None = None, finish: bool = True) -> TrainResult:
         cfg, state = self.cfg, self.state
@@ -496,7 +534,7 @@ class Trainer:
         """Validate (main process only; the others wait), log, keep the best weights, checkpoint."""
         state = self.state
         if self.dist.main:
-            val, _ = evaluate_split(self.net, self.task, self.val_set, self.rt, self.cfg)
+            val, _ = evaluate_split(self.net, self.task, self.val_set, self.rt, self.cfg, shifts=False)
             row = {
                 "kind": "epoch",
                 "epoch": epoch + 1,

@@ -18,32 +18,39 @@ def seg_augment(
     labels: Tensor,
     gen: torch.Generator,
     *,
-    out_size: int,
+    out_size: int | None,
     min_crop: float = 0.5,
+    max_crop: float = 1.0,
     hflip: bool = True,
     jitter: float = 0.2,
 ) -> tuple[Tensor, Tensor]:
     """Random square crop + flip + resize + colour jitter of an image batch and its label maps.
 
     images uint8 (B, 3, H, W), labels uint8 (B, H, W) -> float32 (B, 3, S, S) in [0, 1] and
-    int64 (B, S, S), S = out_size. Each crop's side is a random fraction in [min_crop, 1] of
-    min(H, W), placed at random wholly inside the image. One sampling grid serves both tensors:
+    int64 (B, S, S), S = out_size. Each crop's side is a random fraction in [min_crop, max_crop]
+    of min(H, W), placed at random wholly inside the image. `out_size` None: no crop, the whole
+    images at their size, only flipped and jittered. One sampling grid serves both tensors:
     bilinear for the image, nearest for the labels, so label values are never blended.
     """
     batch, _, height, width = images.shape
     u = torch.rand(4, batch, generator=gen, dtype=torch.float64)
-    side = (min_crop + (1 - min_crop) * u[0]) * min(height, width)
-    left, top = u[1] * (width - side), u[2] * (height - side)
+    if out_size is None:
+        side_w, side_h = torch.full((batch,), float(width)), torch.full((batch,), float(height))
+        out_h, out_w = height, width
+    else:
+        side_w = side_h = (min_crop + (max_crop - min_crop) * u[0]) * min(height, width)
+        out_h = out_w = out_size
+    left, top = u[1] * (width - side_w), u[2] * (height - side_h)
     flip = (u[3] < 0.5) & hflip
     # The affine map takes output coordinates in [-1, 1] to input coordinates in [-1, 1]
     # (align_corners=False: -1 and 1 are the outer pixel edges), i.e. to the crop's edges.
-    scale_x = torch.where(flip, -side / width, side / width)
+    scale_x = torch.where(flip, -side_w / width, side_w / width)
     theta = torch.zeros(batch, 2, 3, dtype=torch.float64)
     theta[:, 0, 0] = scale_x
-    theta[:, 0, 2] = (2 * left + side) / width - 1
-    theta[:, 1, 1] = side / height
-    theta[:, 1, 2] = (2 * top + side) / height - 1
-    grid = F.affine_grid(theta.float(), [batch, 1, out_size, out_size], align_corners=False)
+    theta[:, 0, 2] = (2 * left + side_w) / width - 1
+    theta[:, 1, 1] = side_h / height
+    theta[:, 1, 2] = (2 * top + side_h) / height - 1
+    grid = F.affine_grid(theta.float(), [batch, 1, out_h, out_w], align_corners=False)
     grid = grid.to(images.device)
     # "border" padding: a grid point that rounding puts a hair outside the image repeats the edge
     # instead of bringing in zeros (a fake class 0 in the labels).

@@ -36,8 +36,9 @@ class Task:
         """Hook for statistics of the training split (e.g. class frequencies for weighted losses)."""
 
     def train_inputs(
-        self, x: torch.Tensor, y: torch.Tensor, cfg: RunConfig, gen: torch.Generator
+        self, x: torch.Tensor, y: torch.Tensor, cfg: RunConfig, gen: torch.Generator, epoch: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A uint8 training batch -> augmented, normalised model inputs and targets (`epoch` counts from 0)."""
         raise NotImplementedError
 
     def eval_inputs(self, x: torch.Tensor) -> torch.Tensor:

@@ -78,12 +78,18 @@ class FacadeTask(Task):
     def eval_inputs(self, x: torch.Tensor) -> torch.Tensor:
         return (x.float() / 255 - MEAN) / STD
 
-    def train_inputs(self, x, y, cfg, gen):
+    def train_inputs(self, x, y, cfg, gen, epoch):
         a = cfg.augment
-        if a.crop_size is None and a.min_crop == 1.0 and not a.hflip and not a.jitter:
+        # Small rescaled crops train fast but show objects at other scales than the whole images the
+        # model is evaluated on; a short last phase on whole images closes that gap.
+        whole = epoch >= cfg.train.epochs - a.full_size_epochs or (
+            a.crop_size is None and a.min_crop == a.max_crop == 1
+        )
+        if whole and not a.hflip and not a.jitter:
             return self.eval_inputs(x), y.long()
+        size = None if whole else a.crop_size or min(x.shape[-2:])
         xf, yl = seg_augment(
-            x, y, gen, out_size=a.crop_size or x.shape[-1], min_crop=a.min_crop, hflip=a.hflip, jitter=a.jitter
+            x, y, gen, out_size=size, min_crop=a.min_crop, max_crop=a.max_crop, hflip=a.hflip, jitter=a.jitter
         )
         return (xf - MEAN) / STD, yl
 

@@ -31,7 +31,7 @@ class FashionTask(Task):
     def eval_inputs(self, x: torch.Tensor) -> torch.Tensor:
         return (x.float() / 255 - data.MEAN) / data.STD
 
-    def train_inputs(self, x, y, cfg, gen):
+    def train_inputs(self, x, y, cfg, gen, epoch):
         a = cfg.augment
         if a.pad_crop or a.hflip or a.erase:
             from ..data.augment import cls_augment
