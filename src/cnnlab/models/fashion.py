@@ -14,16 +14,20 @@ def _act(name: str) -> nn.Module:
 
 
 class SeedA(nn.Sequential):
-    """Report A: conv3x3-32, pool, conv4x4-64, pool (64x5x5), FC 1600-128-10."""
+    """Report A: conv3x3-32, pool, conv4x4-64, pool (64x5x5), FC 1600-128-10.
+
+    Each max-pool runs before its activation: for monotonic activations (all of ACTIVATIONS) pooling
+    then activating is the same function with the same gradients, on a quarter of the pixels.
+    """
 
     def __init__(self, activation: str = "relu", num_classes: int = 10):
         super().__init__(
             nn.Conv2d(1, 32, 3),
-            _act(activation),
             nn.MaxPool2d(2),
+            _act(activation),
             nn.Conv2d(32, 64, 4),
-            _act(activation),
             nn.MaxPool2d(2),
+            _act(activation),
             nn.Flatten(),
             nn.Linear(64 * 5 * 5, 128),
             _act(activation),
