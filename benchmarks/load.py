@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -26,13 +25,12 @@ from datetime import date
 from pathlib import Path
 
 import httpx
+from common import ROOT, machine, write_block
 from PIL import Image
 
 from cnnlab.data import fashion
 
-ROOT = Path(__file__).resolve().parents[1]
 FACADES = ROOT.parent / "shared" / "data" / "cs194-26_mini_facade" / "train"
-START, END = "<!-- load:start -->", "<!-- load:end -->"
 ENDPOINTS = ("fashion", "facade")
 
 
@@ -125,7 +123,7 @@ def main() -> None:
             proc.wait(30)
     names = {t: m["name"] for t, m in health["models"].items()}
     lines = [
-        f"Measured {date.today()} on {platform.processor() or platform.machine()} with "
+        f"Measured {date.today()} on {machine()} with "
         f"`python benchmarks/load.py`: {args.requests} uploads over loopback, {args.concurrency} at a time, "
         f"alternating facade photos (256x256 JPEG) and Fashion-MNIST test images; `cnnlab serve "
         f"--workers {args.workers}`, models {names['fashion']} and {names['facade']}; 1-minute load average "
@@ -144,11 +142,7 @@ def main() -> None:
     if failures:
         raise SystemExit(1)
     if not args.no_write:
-        path = ROOT / "BENCHMARKS.md"
-        text = path.read_text()
-        block = f"{START}\n{table}\n{END}"
-        text = text.split(START)[0] + block + text.split(END)[1] if START in text else f"{text}\n{block}\n"
-        path.write_text(text)
+        write_block("load", table)
 
 
 if __name__ == "__main__":

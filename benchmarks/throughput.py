@@ -14,7 +14,6 @@ gives the utilisation.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 from datetime import date
@@ -22,13 +21,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from common import machine, write_block
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
 from cnnlab import engine
 from cnnlab.config import load_config
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 class PlainDataset(Dataset):
@@ -143,8 +141,8 @@ def main() -> None:
         ),
     ]
     lines = [
-        f"Measured {date.today()} on {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-        f"torch {torch.__version__}; `python benchmarks/throughput.py` (median of {args.repeats} repeats).",
+        f"Measured {date.today()} on {machine()}, {torch.get_num_threads()} threads; "
+        f"`python benchmarks/throughput.py` (median of {args.repeats} repeats).",
         "",
         f"Matmul peak (2048x2048): fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s.",
         "",
@@ -163,12 +161,7 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     if not args.no_write:
-        path = ROOT / "BENCHMARKS.md"
-        text = path.read_text() if path.exists() else "# Benchmarks\n"
-        start, end = "<!-- throughput:start -->", "<!-- throughput:end -->"
-        block = f"{start}\n{table}\n{end}"
-        text = (text.split(start)[0] + block + text.split(end)[1]) if start in text else text + "\n" + block + "\n"
-        path.write_text(text)
+        write_block("throughput", table)
 
 
 if __name__ == "__main__":
