@@ -46,7 +46,8 @@ def test_two_processes_give_the_weights_of_one(tiny_fashion, tmp_path):
     ]
     one = _cnnlab(1, *common, "--out", tmp_path / "one")
     two = _cnnlab(2, *common, "--out", tmp_path / "two")
-    assert one.returncode == 0 and two.returncode == 0, two.stderr[-2000:]
+    # The head holds what the workers printed; the tail only the launcher's summary.
+    assert one.returncode == 0 and two.returncode == 0, two.stderr[:3000]
     a, b = _weights(tmp_path / "one"), _weights(tmp_path / "two")
     assert all(torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4) for k in a)
     rows = [
@@ -79,7 +80,7 @@ def test_two_processes_reach_the_accuracy_of_one(real_fashion, tmp_path):
     accs = []
     for n in (1, 2):
         r = _cnnlab(n, *common, "--out", tmp_path / f"p{n}")
-        assert r.returncode == 0, r.stderr[-2000:]
+        assert r.returncode == 0, r.stderr[:3000]
         accs.append(json.loads((tmp_path / f"p{n}" / "eval_val.json").read_text())["acc"])
     assert accs[0] > 0.75 and abs(accs[0] - accs[1]) <= 0.005, accs
 
@@ -119,5 +120,5 @@ def test_killed_rank_stops_the_job_and_it_resumes(tiny_fashion, tmp_path):
     stopped = checkpoint.load(ckpt)["state"]["step"]
     assert 0 < stopped < 40 * 68
     done = _cnnlab(1, "fashion", "train", "--resume", run, "--no-progress")  # world-size independent checkpoint
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.returncode == 0, done.stderr[:3000]
     assert "resuming" in done.stderr and json.loads((run / "eval_test.json").read_text())["n"] == 200
