@@ -58,3 +58,11 @@ def test_bad_override_syntax():
 def test_shift_tta_is_refused_for_segmentation():
     with pytest.raises(ConfigError, match=r"train\.tta_shift is for classification"):
         load_config("facade", "unet", ["train.tta_shift=1"])
+
+
+def test_scale_tta_is_for_segmentation_with_sane_factors():
+    assert load_config("facade", "unet", ["train.tta_scales=[0.75, 1, 1.25]"]).train.tta_scales == [0.75, 1, 1.25]
+    with pytest.raises(ConfigError, match=r"train\.tta_scales is for segmentation"):
+        load_config("fashion", "seed-a", ["train.tta_scales=[1, 2]"])
+    with pytest.raises(ConfigError, match=r"each factor must be between 0.25 and 4"):
+        load_config("facade", "unet", ["train.tta_scales=[0]"])

@@ -58,6 +58,25 @@ def test_last_epochs_train_on_whole_images():
     assert shapes == [(2, 32, 32)] * 3 + [(2, 64, 48)] * 2
 
 
+class _SizeLogits(torch.nn.Module):
+    """Logits (height / 8, 0) at every pixel: each resized view scores differently, by a known amount."""
+
+    def forward(self, x):
+        n, _, h, w = x.shape
+        return torch.stack([torch.full((n, h, w), h / 8), torch.zeros(n, h, w)], 1)
+
+
+def test_resized_test_time_views_are_averaged_at_the_input_size():
+    rt = engine.Runtime(torch.device("cpu"), bf16=False, channels_last=False, threads=1)
+    x = torch.randint(0, 256, (3, 3, 8, 12), dtype=torch.uint8)
+    got = engine.predict(_SizeLogits(), FacadeTask(), x, rt, batch_size=2, tta_flip=True, tta_scales=(0.5, 1.0, 1.5))
+    # Views 4, 8 and 12 px high: logits 0.5, 1 and 1.5 for class 0.
+    p0 = sum(torch.sigmoid(torch.tensor(v)) for v in (0.5, 1.0, 1.5)) / 3
+    assert got.shape == (3, 2, 8, 12)
+    assert torch.allclose(got[:, 0], p0.expand(3, 8, 12), atol=1e-6)
+    assert torch.allclose(got.sum(1), torch.ones(3, 8, 12), atol=1e-6)
+
+
 def test_train_resume_evaluate_and_figures(tiny_facade, tmp_path):
     full = engine.train(_cfg(tiny_facade), tmp_path / "full", progress=False)
     part = engine.train(_cfg(tiny_facade), tmp_path / "part", progress=False, max_steps=3)

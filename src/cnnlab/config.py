@@ -78,6 +78,11 @@ class TrainConfig(_Strict):
     tta_shift: int = Field(
         0, ge=0, description="classification: final evaluations also average over inputs shifted this many px"
     )
+    tta_scales: list[float] = Field(
+        [1.0],
+        min_length=1,
+        description="segmentation: final evaluations average over the image resized by each factor",
+    )
     tensorboard: bool = False
 
 
@@ -92,10 +97,15 @@ class RunConfig(_Strict):
     train: TrainConfig = TrainConfig()
 
     @model_validator(mode="after")
-    def _shift_tta_classifies(self) -> RunConfig:
+    def _test_time_views_fit_the_task(self) -> RunConfig:
         # Shifted views of a label map would need shifting back; classification has no such map.
         if self.task == "facade" and self.train.tta_shift:
-            raise ValueError("train.tta_shift is for classification; facades take train.tta_flip")
+            raise ValueError("train.tta_shift is for classification; facades take train.tta_flip and tta_scales")
+        # A 28x28 classifier's head is built for one input size.
+        if self.task == "fashion" and self.train.tta_scales != [1.0]:
+            raise ValueError("train.tta_scales is for segmentation; classification takes tta_flip and tta_shift")
+        if any(not 0.25 <= f <= 4 for f in self.train.tta_scales):
+            raise ValueError(f"train.tta_scales {self.train.tta_scales}: each factor must be between 0.25 and 4")
         return self
 
 
