@@ -120,6 +120,7 @@ CASES = {
 def test_kill9_then_resume_equals_uninterrupted(task, tmp_path, request):
     request.getfixturevalue("real_fashion" if task == "fashion" else "real_facade")
     args = CASES[task]
+    started = time.perf_counter()
     ref = subprocess.run(
         [sys.executable, "-m", "cnnlab", *map(str, args), "--out", tmp_path / "ref"],
         env=ENV,
@@ -127,9 +128,11 @@ def test_kill9_then_resume_equals_uninterrupted(task, tmp_path, request):
         text=True,
         timeout=600,
     )
-    assert ref.returncode == 0, ref.stderr[-2000:]
-    window = (3.0, 7.0) if task == "fashion" else (6.0, 14.0)  # facade start-up reads 906 images first
-    landed = kill9_until_done(args, tmp_path / "run", kills=3, seed=1, window=window)
+    assert ref.returncode == 0, ref.stderr[:3000]
+    # Kills within 25-45% of an uninterrupted run's time: a killed process has done at most 45% of the
+    # work, so the second one always still has work left when its kill comes, however fast the machine.
+    whole = time.perf_counter() - started
+    landed = kill9_until_done(args, tmp_path / "run", kills=3, seed=1, window=(0.25 * whole, 0.45 * whole))
     assert landed >= 2
     assert_same_run(tmp_path / "ref", tmp_path / "run")
 
