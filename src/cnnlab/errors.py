@@ -23,3 +23,7 @@ class TrainingError(CnnlabError):
 
 class NotAnImageError(DataError):
     """Data given as an image is not one, or not in a format cnnlab reads."""
+
+
+class CnnlabWarning(UserWarning):
+    """Something the user should know that does not stop the command; the CLI prints it as one line."""
