@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -13,6 +14,30 @@ import pytest
 
 FASHION_REAL = Path("/usr/share/datasets/fashion-mnist")
 IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def run_cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
+    """The `cnnlab` command in this process: (exit code, stdout, stderr)."""
+    from cnnlab import cli
+
+    monkeypatch.setattr(sys, "argv", ["cnnlab", *map(str, args)])
+    try:
+        cli.main()
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else int(e.code is not None)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def one_error_line(code: int, err: str, *expected: str) -> str:
+    """Assert exit code 2 and exactly one `cnnlab: error:` line holding every `expected` text."""
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, err
+    assert len(lines) == 1 and lines[0].startswith("cnnlab: error:"), err
+    for text in expected:
+        assert text in lines[0], lines[0]
+    return lines[0]
 
 
 def idx_bytes(arr: np.ndarray) -> bytes:

@@ -101,8 +101,15 @@ def test_non_finite_loss_stops_with_the_step(tiny_fashion, tmp_path, monkeypatch
         return out * float("nan") if calls["n"] == 4 else out
 
     monkeypatch.setattr(FashionTask, "loss", loss)
-    with pytest.raises(TrainingError, match=r"loss became nan at step 3 .*last good checkpoint"):
+    with pytest.raises(TrainingError, match=r"loss became nan at step 3 .*nothing was saved yet, so the run folder"):
         engine.train(_cfg(tiny_fashion), tmp_path / "r", progress=False)
+    assert not (tmp_path / "r").exists()  # nothing to resume: the same --out works again
+    calls["n"] = 0
+    cfg = _cfg(tiny_fashion)
+    cfg.train.checkpoint_every_s = 1e-9  # a checkpoint after every step
+    with pytest.raises(TrainingError, match=r"step 3 .*the last good checkpoint is .*last.safetensors"):
+        engine.train(cfg, tmp_path / "r", progress=False)
+    assert checkpoint.load(tmp_path / "r" / "checkpoints" / "last.safetensors")["state"]["step"] == 3
 
 
 def test_existing_run_folder_is_not_overwritten(tiny_fashion, tmp_path):

@@ -15,7 +15,7 @@ from cnnlab import checkpoint, engine, pretrained
 from cnnlab.cli import app
 from cnnlab.config import load_config
 from cnnlab.errors import CheckpointError
-from cnnlab.predict import predict_files
+from cnnlab.predictions import predict_files
 from cnnlab.tasks.fashion import FashionTask
 
 FACADE_TINY = ["data.group_key=file", "data.val_fraction=0.25", "data.test_fraction=0.25", "augment.crop_size=32"]

@@ -3,37 +3,55 @@
 import cnnlab
 run = cnnlab.train("fashion", "seed-a", epochs=2)
 cnnlab.evaluate(run.run_dir)["acc"]
-cnnlab.predict(run.run_dir, ["shoe.png"])
+cnnlab.predict(run.run_dir, ["shoe.png"])     # or cnnlab.predict("fashion", [...]): a shipped model
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from . import engine
 from .checkpoint import atomic_write
-from .config import RunConfig, load_config
-from .engine import TrainResult, load_model
+from .config import Override, RunConfig, load_config
+from .engine import TrainResult
+from .errors import ConfigError
+from .outputs import check_dir
 
 __all__ = ["evaluate", "load_model", "predict", "sweep_activations", "train"]
 
-_SHORTCUTS = {
-    "epochs": "train.epochs",
-    "batch_size": "train.batch_size",
-    "lr": "optim.lr",
-    "seed": "train.seed",
-    "data_dir": "data.dir",
-    "limit": "data.limit",
+# Keyword shortcuts and the option each stands for on the command line (named in error messages).
+SHORTCUTS = {
+    "epochs": ("train.epochs", "--epochs"),
+    "batch_size": ("train.batch_size", "--batch-size"),
+    "lr": ("optim.lr", "--lr"),
+    "seed": ("train.seed", "--seed"),
+    "data_dir": ("data.dir", "--data-dir"),
+    "limit": ("data.limit", "--limit"),
 }
 
 
-def resolve_config(
-    task: str, recipe: str | None, overrides: list[str] | tuple[str, ...] = (), **shortcuts: Any
-) -> RunConfig:
-    """Recipe + `section.key=value` overrides + keyword shortcuts (epochs, batch_size, lr, seed, ...)."""
-    extra = [f"{_SHORTCUTS[k]}={v}" for k, v in shortcuts.items() if v is not None]
-    return load_config(task, recipe, [*overrides, *extra])
+def shortcut_overrides(**shortcuts: Any) -> list[Override]:
+    """Typed overrides for the keyword shortcuts that are not None (values are used as given, never
+    read as YAML: a --data-dir of "2024" or "data/fm #2" is that folder)."""
+    unknown = sorted(set(shortcuts) - set(SHORTCUTS))
+    if unknown:
+        raise ConfigError(f"unknown option {unknown[0]!r}; the shortcuts are {', '.join(SHORTCUTS)}")
+    out = []
+    for name, value in shortcuts.items():
+        if value is not None:
+            key, option = SHORTCUTS[name]
+            out.append(Override(key, str(value) if name == "data_dir" else value, f"{option} {value}"))
+    return out
+
+
+def resolve_config(task: str, recipe: str | None, overrides: Sequence[str] = (), **shortcuts: Any) -> RunConfig:
+    """Recipe + `section.key=value` overrides + keyword shortcuts (epochs, batch_size, lr, seed,
+    data_dir, limit), validated; the shortcuts win over the overrides."""
+    return load_config(task, recipe, [*overrides, *shortcut_overrides(**shortcuts)])
 
 
 def train(
@@ -41,36 +59,90 @@ def train(
     recipe: str | None = None,
     *,
     out: str | Path | None = None,
-    overrides: list[str] = (),
+    overrides: Sequence[str] = (),
     progress: bool = True,
     **shortcuts: Any,
 ) -> TrainResult:
+    """Train a model as `cnnlab TASK train` does and return the result (`.run_dir`, `.best`, `.history`).
+
+    task: "fashion" or "facade"; recipe: a recipe name (see `recipes/TASK/`) or a YAML file;
+    overrides: `section.key=value` strings as `--set` takes them; shortcuts: epochs, batch_size, lr,
+    seed, data_dir, limit. The run folder is `out`, default runs/<task>-<recipe>-<time>.
+    """
     cfg = resolve_config(task, recipe, overrides, **shortcuts)
     return engine.train(cfg, Path(out) if out else None, progress=progress)
 
 
-def evaluate(run_dir: str | Path, split: str = "test", which: str = "best", data_dir: str | None = None) -> dict:
-    return engine.evaluate(Path(run_dir), split=split, which=which, data_dir=data_dir)
+def evaluate(
+    run_dir: str | Path,
+    split: str = "test",
+    which: str = "best",
+    data_dir: str | Path | None = None,
+    external: str | Path | None = None,
+) -> dict[str, Any]:
+    """Evaluate a run's `which` ("best" or "last") checkpoint on `split` ("test" or "val").
+
+    Writes eval_<split>.json and that split's figures into the run and returns the metrics: "acc"
+    (and "per_class_acc") for Fashion-MNIST; "map", "miou", "ap", "iou", "acc" for facades; "n"
+    images. `data_dir` is where the run's data set is now, if it moved; `external` is another
+    labelled facade folder to evaluate on instead. Prints nothing.
+    """
+    from .pretrained import is_shipped_name
+
+    if is_shipped_name(run_dir):
+        raise ConfigError(
+            f"{run_dir} is a shipped model: its validation and test metrics are on its card (`cnnlab models`); "
+            "evaluate takes a run folder"
+        )
+    return engine.evaluate(
+        Path(run_dir),
+        split=split,
+        which=which,
+        data_dir=data_dir,
+        external=Path(external) if external is not None else None,
+    )
 
 
-def predict(run_dir: str | Path, images: list[str | Path], **kwargs: Any) -> list[dict]:
-    from .predict import predict_files
+def predict(
+    model: str | Path, images: Sequence[str | Path], *, top: int = 3, out: str | Path | None = None
+) -> list[dict]:
+    """Predict on your own image files with a run folder or a shipped model's name ("fashion", "facade").
 
-    return predict_files(Path(run_dir), [Path(p) for p in images], **kwargs)
+    Fashion-MNIST: one dict per image with "file", "top" (`top` pairs of class and probability) and
+    "notes" (what was done to the image). Facades: also writes NAME_labels.png, NAME_overlay.jpg and
+    NAME_areas.json into `out` (default: RUN/predictions, or ./predictions for a shipped model) and
+    returns "area" (class: share of the photo) and the paths written.
+    """
+    from .predictions import predict_files
+    from .pretrained import resolve_any
+
+    if not 1 <= top <= 10:
+        raise ConfigError(f"top {top}: choose 1 to 10 classes")
+    return predict_files(resolve_any(model), [Path(p) for p in images], top=top, out=Path(out) if out else None)
+
+
+def load_model(model: str | Path, which: str = "best", device: str = "cpu") -> tuple[torch.nn.Module, RunConfig]:
+    """The network of a run folder or shipped model as a plain `torch.nn.Module` in eval mode, and its
+    configuration. It takes normalised float NCHW input (see `cnnlab export`) and returns logits."""
+    from .pretrained import resolve_any
+
+    return engine.load_model(resolve_any(model), which, device)
 
 
 def sweep_activations(
     recipe: str = "seed-a",
     out: str | Path | None = None,
-    overrides: list[str] = (),
+    overrides: Sequence[str] = (),
     progress: bool = True,
     **shortcuts: Any,
 ) -> dict[str, dict]:
-    """Train one Fashion-MNIST run per activation and tabulate their validation and test accuracy."""
+    """Train one Fashion-MNIST run per activation (relu, leaky_relu, sigmoid) into `out` and tabulate
+    their validation and test accuracy (also written to sweep.md, sweep.json and a figure)."""
     from .report.figures import plot_sweep, write_json
 
     base = resolve_config("fashion", recipe, overrides, **shortcuts)
     out = Path(out) if out else engine.default_run_dir(base).with_name(f"sweep-activations-{base.recipe}")
+    check_dir(out, "--out")
     results: dict[str, dict] = {}
     for act in ("relu", "leaky_relu", "sigmoid"):
         cfg = base.model_copy(deep=True)

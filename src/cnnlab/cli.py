@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import typer
@@ -11,6 +12,8 @@ import typer
 from . import api, engine
 from .config import recipe_names
 from .errors import CnnlabError
+from .outputs import check_file
+from .tasks import get_task
 
 app = typer.Typer(
     help="Train, evaluate and explain small CNNs: Fashion-MNIST classification and facade segmentation.",
@@ -28,16 +31,22 @@ def _task_app(task: str, title: str) -> typer.Typer:
 
     @sub.command()
     def train(
-        recipe: str = typer.Option("seed-a", help=f"Recipe name ({', '.join(recipe_names(task))}) or a YAML file."),
+        recipe: str | None = typer.Option(
+            None, help=f"Recipe name ({', '.join(recipe_names(task))}) or a YAML file. [default: seed-a]"
+        ),
         set_: list[str] = typer.Option([], "--set", help=OVERRIDE_HELP),
-        epochs: int | None = typer.Option(None, help="Shortcut for --set train.epochs=N."),
+        epochs: int | None = typer.Option(None, help="Shortcut for --set train.epochs=N; with --resume: train to N."),
         batch_size: int | None = typer.Option(None, help="Shortcut for --set train.batch_size=N."),
         lr: float | None = typer.Option(None, help="Shortcut for --set optim.lr=X."),
         seed: int | None = typer.Option(None, help="Shortcut for --set train.seed=N."),
         limit: int | None = typer.Option(None, help="Use only N training images (quick tries)."),
-        data_dir: str | None = typer.Option(None, help="Folder holding the dataset (default: auto-detect)."),
+        data_dir: str | None = typer.Option(
+            None, help="Folder holding the dataset (default: auto-detect); with --resume: where it is now."
+        ),
         out: Path | None = typer.Option(None, help="Run folder (default: runs/<task>-<recipe>-<time>)."),
-        resume: Path | None = typer.Option(None, help="Continue the run in this folder where it stopped."),
+        resume: Path | None = typer.Option(
+            None, help="Continue the run in this folder where it stopped (also takes --epochs and --data-dir)."
+        ),
         device: str = typer.Option("cpu", help="cpu or cuda (under torchrun: one GPU per process)."),
         max_steps: int | None = typer.Option(
             None, min=1, help="Stop after N optimizer steps in total and save a checkpoint; continue with --resume."
@@ -51,11 +60,21 @@ def _task_app(task: str, title: str) -> typer.Typer:
 
         Under torchrun (`torchrun --nproc_per_node=N -m cnnlab ...`) the processes share each batch."""
         if resume is not None:
-            res = engine.train(None, resume, resume=True, device=device, progress=progress, max_steps=max_steps)
+            fixed = {"--recipe": recipe, "--set": set_, "--batch-size": batch_size, "--lr": lr, "--seed": seed}
+            fixed |= {"--limit": limit, "--out": out, "--tensorboard": tensorboard}
+            if given := [name for name, value in fixed.items() if value]:
+                raise CnnlabError(
+                    f"{given[0]} with --resume: a resumed run keeps its settings (only --epochs and --data-dir may "
+                    "change); start a new run with --out to change them"
+                )
+            res = engine.train(
+                None, resume, resume=True, device=device, progress=progress, max_steps=max_steps, epochs=epochs,
+                data_dir=data_dir,
+            )  # fmt: skip
         else:
             cfg = api.resolve_config(
                 task,
-                recipe,
+                recipe or "seed-a",
                 [*set_, *(["train.tensorboard=true"] if tensorboard else [])],
                 epochs=epochs,
                 batch_size=batch_size,
@@ -81,7 +100,11 @@ def _task_app(task: str, title: str) -> typer.Typer:
         """Evaluate a run's checkpoint; writes eval_<split>.json and the split's figures into the run."""
         if checkpoint not in ("best", "last"):
             raise CnnlabError(f"--checkpoint {checkpoint}: choose best or last")
-        engine.evaluate(run, split=split, which=checkpoint, data_dir=data_dir, external=data)
+        if split not in ("test", "val"):
+            raise CnnlabError(f"--split {split}: choose test or val")
+        m = api.evaluate(run, split=split, which=checkpoint, data_dir=data_dir, external=data)
+        summary = get_task(engine.load_run_config(run).task).summary_line(m)
+        typer.echo(f"{m['split']} ({checkpoint} checkpoint, {m['n']} images): {summary}")
 
     return sub
 
@@ -169,8 +192,11 @@ def report(
     from .report.html import find_runs, write_compare, write_report
 
     if compare:
-        typer.echo(str(write_compare(find_runs(runs), out or Path("compare.html"))))
+        out = check_file(out or Path("compare.html"), "--out", "compare.html")
+        typer.echo(str(write_compare(find_runs(runs), out)))
         return
+    if out is not None:
+        raise CnnlabError("--out is for --compare; a run's report is always RUN/report.html")
     if len(runs) != 1:
         raise CnnlabError(f"report takes one run folder ({len(runs)} given); add --compare to compare several")
     typer.echo(str(write_report(runs[0])))
@@ -218,7 +244,8 @@ def export(
     if format_ != "onnx":
         raise CnnlabError(f"--format {format_}: only onnx is supported")
     folder = resolve_any(model)
-    info = export_onnx(folder, out or Path(f"{folder.resolve().name}.onnx"))
+    name = folder.resolve().name
+    info = export_onnx(folder, check_file(out or Path(f"{name}.onnx"), "--out", f"{name}.onnx"))
     typer.echo(info["file"])
     typer.echo(f"  input:  {' x '.join(info['input_shape'])}, {info['input']}; {info['normalisation']}")
     typer.echo(f"          mean {info['mean']}, std {info['std']}")
@@ -248,9 +275,16 @@ def serve(
     uvicorn.run(web, host=host, port=port, limit_concurrency=4 * (workers + queue))
 
 
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    # Python's format (source file, line number, the code line) speaks to developers, not users.
+    typer.echo(f"cnnlab: warning: {' '.join(str(message).split())}", err=True)
+
+
 def main() -> None:
+    """The `cnnlab` command: any CnnlabError is one `cnnlab: error:` line and exit code 2."""
+    warnings.showwarning = _warning_line
     try:
         app()
     except CnnlabError as e:
-        typer.echo(f"cnnlab: error: {e}", err=True)
+        typer.echo(f"cnnlab: error: {' '.join(str(e).split())}", err=True)
         sys.exit(2)

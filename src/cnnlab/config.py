@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import difflib
+import types
+import typing
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -20,7 +25,9 @@ class _Strict(BaseModel):
 
 class DataConfig(_Strict):
     dir: str | None = None
-    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    # The best checkpoint, the curves and the report all need validation data: a run without any would
+    # fail only after training, so an empty share is refused up front.
+    val_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="share held out for validation (> 0)")
     test_fraction: float = Field(0.0, ge=0.0, lt=1.0)
     limit: int | None = Field(None, gt=0, description="use only this many training images (quick tries)")
     group_key: str = "index-mod:302"
@@ -67,7 +74,7 @@ class OptimConfig(_Strict):
 class TrainConfig(_Strict):
     epochs: int = Field(10, gt=0)
     batch_size: int = Field(64, gt=0)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1)
     deterministic: bool = True
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     channels_last: bool | None = None
@@ -116,10 +123,12 @@ def recipe_dirs() -> list[Path]:
 
 
 def recipe_names(task: str) -> list[str]:
+    """The named recipes of `task` (file stems), sorted."""
     return sorted({p.stem for d in recipe_dirs() for p in (d / task).glob("*.yaml")})
 
 
 def find_recipe(task: str, recipe: str) -> Path:
+    """The YAML file of a recipe name or path; ConfigError naming the choices if there is none."""
     path = Path(recipe)
     if path.suffix in (".yaml", ".yml"):
         if not path.is_file():
@@ -131,11 +140,21 @@ def find_recipe(task: str, recipe: str) -> Path:
     raise ConfigError(f"recipe '{recipe}' not found for {task}; choose one of {recipe_names(task)} or a .yaml file")
 
 
+def yaml_problem(error: Exception) -> str:
+    """A YAML or reading error in a few words: where and what, without the parser's excerpt."""
+    if isinstance(error, yaml.MarkedYAMLError) and error.problem_mark is not None:
+        mark = error.problem_mark
+        return f"line {mark.line + 1}, column {mark.column + 1}: {error.problem}"
+    if isinstance(error, OSError):
+        return error.strerror or str(error)
+    return " ".join(str(error).split())[:120]
+
+
 def _read_yaml(path: Path) -> dict:
     try:
         data = yaml.safe_load(path.read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise ConfigError(f"{path}: cannot read recipe ({str(e).splitlines()[0]}); fix the YAML") from None
+        raise ConfigError(f"{path}: cannot read recipe ({yaml_problem(e)}); fix the YAML") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -143,32 +162,105 @@ def _read_yaml(path: Path) -> dict:
     return data
 
 
-def _apply_override(data: dict, item: str) -> None:
+@dataclass(frozen=True)
+class Override:
+    """One value the user set on top of the recipe, and how they wrote it (named in error messages)."""
+
+    key: str  # dotted, e.g. "optim.lr"
+    value: Any
+    written: str  # e.g. "--set optim.lr=3e-4" or "--epochs 0"
+
+
+def _fields(model: type[BaseModel] | None = None, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """Every dotted key of the configuration with its type annotation."""
+    for name, field in (model or RunConfig).model_fields.items():
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            yield from _fields(field.annotation, f"{prefix}{name}.")
+        else:
+            yield f"{prefix}{name}", field.annotation
+
+
+def config_keys() -> list[str]:
+    """Every dotted key an override or a recipe may set, e.g. "optim.lr"."""
+    return [key for key, _ in _fields()]
+
+
+def _did_you_mean(key: str) -> str:
+    keys = config_keys()
+    leaf = key.rsplit(".", 1)[-1]
+    # A known key under another section (`lr` for optim.lr), else the nearest spelling: of a section
+    # when no section was given, of a dotted key otherwise.
+    near = [k for k in keys if k.rsplit(".", 1)[-1] == leaf]
+    candidates = keys if "." in key else sorted({k.split(".")[0] for k in keys})
+    near = near or difflib.get_close_matches(key, candidates, n=1)
+    return f"; did you mean {near[0]}?" if near else "; src/cnnlab/config.py lists every key"
+
+
+def _takes_text(annotation: Any) -> bool:
+    """Whether a field holds free text, so that its value must be taken as written, not read as YAML."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):  # str | None
+        return str in typing.get_args(annotation)
+    return annotation is str
+
+
+def parse_override(item: str) -> Override:
+    """`section.key=value` -> Override. The value is typed by the field it sets: text fields (paths,
+    names) take it verbatim ("data/fm #2", "2024", "on"); other fields read it as YAML (3e-4, true,
+    [0.75, 1.0]); an empty value is None."""
+    written = f"--set {item}"
     key, sep, raw = item.partition("=")
+    key = key.strip()
     if not sep or not key:
-        raise ConfigError(f"override '{item}': expected section.key=value, e.g. train.epochs=3")
-    value = yaml.safe_load(raw) if raw else None
+        raise ConfigError(f"{written}: expected section.key=value, e.g. --set train.epochs=3")
+    types_ = dict(_fields())
+    if key not in types_:
+        if any(k.startswith(key + ".") for k in types_):
+            raise ConfigError(f"{written}: {key} is a section; set one of its keys, e.g. --set {key}.<key>=VALUE")
+        raise ConfigError(f"{written}: unknown key {key}{_did_you_mean(key)}")
+    if not raw:
+        return Override(key, None, written)
+    if _takes_text(types_[key]):
+        return Override(key, raw, written)
+    if "#" in raw:
+        raise ConfigError(f"{written}: '#' is not part of a {key} value; remove it")
+    try:
+        return Override(key, yaml.safe_load(raw), written)
+    except yaml.YAMLError as e:
+        raise ConfigError(
+            f"{written}: cannot read the value ({yaml_problem(e)}); write e.g. 3, 3e-4, true or [1, 2]"
+        ) from None
+
+
+def _apply(data: dict, override: Override) -> None:
     node = data
-    *parents, leaf = key.strip().split(".")
+    *parents, leaf = override.key.split(".")
     for part in parents:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise ConfigError(f"override '{item}': '{part}' is not a section")
-    node[leaf] = value
+            raise ConfigError(f"{override.written}: the recipe's '{part}' is not a section; fix the recipe")
+    node[leaf] = override.value
 
 
-def _validate(data: dict, source: str) -> RunConfig:
+def _validate(data: dict, source: str, overrides: Sequence[Override] = ()) -> RunConfig:
     try:
         return RunConfig.model_validate(data)
     except ValidationError as e:
         err = e.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "recipe"
+        where = ".".join(str(p) for p in err["loc"])
+        # Blame what the user typed for this key, if they typed it; else the recipe file.
+        written = next((o.written for o in reversed(overrides) if o.key == where), None)
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = f"unknown key{_did_you_mean(where)}"
         more = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
-        raise ConfigError(f"{source}: {where}: {err['msg']}{more}") from None
+        if written:
+            raise ConfigError(f"{written}: {msg}{more}") from None
+        raise ConfigError(f"{source}: {where or 'recipe'}: {msg}{more}") from None
 
 
-def load_config(task: str, recipe: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """Resolve a recipe (name or file) for `task`, apply `section.key=value` overrides, validate."""
+def load_config(task: str, recipe: str | None = None, overrides: Sequence[str | Override] = ()) -> RunConfig:
+    """Resolve a recipe (name or file) for `task`, apply overrides (`section.key=value` text or
+    typed `Override`s, later ones win), validate."""
     data: dict = {}
     source = "defaults"
     if recipe is not None:
@@ -178,16 +270,21 @@ def load_config(task: str, recipe: str | None = None, overrides: list[str] | tup
         data.setdefault("recipe", path.stem)
     if data.setdefault("task", task) != task:
         raise ConfigError(f"{source}: recipe is for task '{data['task']}', not '{task}'")
-    for item in overrides:
-        _apply_override(data, item)
-    return _validate(data, source)
+    parsed = [o if isinstance(o, Override) else parse_override(o) for o in overrides]
+    for override in parsed:
+        _apply(data, override)
+    return _validate(data, source, parsed)
 
 
-def config_from_dict(data: dict, source: str) -> RunConfig:
+def config_from_dict(data: Any, source: str) -> RunConfig:
+    """Validate an already-parsed configuration (e.g. a run's config.yaml); `source` names it in errors."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections, got {type(data).__name__}")
     return _validate(data, source)
 
 
 def dump_config(cfg: RunConfig, path: Path) -> None:
+    """Write the resolved configuration as YAML, atomically."""
     from .checkpoint import atomic_write
 
     text = yaml.safe_dump(cfg.model_dump(), sort_keys=False)

@@ -9,11 +9,13 @@ run, mid-epoch or not, replays exactly what an uninterrupted one does.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import itertools
 import json
 import math
 import os
 import platform
+import shutil
 import signal
 import time
 from collections.abc import Iterator, Sequence
@@ -29,8 +31,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch.nn.parallel import DistributedDataParallel
 
 from . import __version__, checkpoint, distributed
-from .config import RunConfig, config_from_dict, dump_config
-from .errors import CheckpointError, ConfigError, TrainingError
+from .config import RunConfig, config_from_dict, dump_config, yaml_problem
+from .errors import CheckpointError, ConfigError, DataError, TrainingError
+from .outputs import check_dir
 from .report.figures import write_json
 from .report.html import write_report
 from .tasks import Batchable, Task, get_task
@@ -59,12 +62,39 @@ def default_run_dir(cfg: RunConfig, base: Path = Path("runs")) -> Path:
 
 
 def load_run_config(run_dir: Path) -> RunConfig:
+    """The resolved configuration a run folder was trained with; CheckpointError if it is missing or damaged."""
     import yaml
 
     path = RunPaths(Path(run_dir)).config
     if not path.is_file():
         raise CheckpointError(f"{run_dir}: not a cnnlab run folder (no config.yaml)")
-    return config_from_dict(yaml.safe_load(path.read_text()), str(path))
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise CheckpointError(
+            f"{path}: the run's configuration is damaged ({yaml_problem(e)}); restore the file as training wrote it"
+        ) from None
+    return config_from_dict(data, str(path))
+
+
+def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], source: Path, cfg: RunConfig) -> None:
+    """Load `weights` into `model`; CheckpointError naming the first mismatch if they do not fit it
+    (a run folder whose config.yaml was edited after training)."""
+    expected = model.state_dict()
+    problems = [f"{k} is missing" for k in expected if k not in weights]
+    problems += [f"{k} is not in model {cfg.model.name}" for k in weights if k not in expected]
+    problems += [
+        f"{k} is {'x'.join(map(str, v.shape))}, model {cfg.model.name} needs {'x'.join(map(str, expected[k].shape))}"
+        for k, v in weights.items()
+        if k in expected and v.shape != expected[k].shape
+    ]
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise CheckpointError(
+            f"{source}: the weights do not fit the run's config.yaml ({problems[0]}{more}); config.yaml was changed "
+            "after training: restore it"
+        )
+    model.load_state_dict(weights)
 
 
 # ---------------------------------------------------------------- runtime choices
@@ -238,6 +268,7 @@ def predict(
     (mirrored; shifted by `tta_shift` pixels up, down, left and right: classification only; resized by
     each of `tta_scales`, the probabilities resized back: segmentation only)."""
     model.eval()
+    check_input_size(model, x_u8.shape, tta_scales)
     s = tta_shift
     shifts = [(0, 0), (s, 0), (-s, 0), (0, s), (0, -s)] if s else [(0, 0)]
     views = len(shifts) * len(tta_scales) * (1 + tta_flip)
@@ -258,6 +289,21 @@ def predict(
             p = p + (q if scale == 1 else F.interpolate(q, size=size, mode="bilinear", align_corners=False))
         out.append((p / views).cpu())
     return torch.cat(out)
+
+
+def check_input_size(model: torch.nn.Module, shape: Sequence[int], scales: Sequence[float] = (1.0,)) -> None:
+    """DataError if images of `shape` (..., H, W), at any of the test-time `scales`, are smaller than
+    the smallest input `model` takes (its `min_side` attribute, 1 px if it has none)."""
+    need = getattr(model, "min_side", 1)
+    h, w = shape[-2:]
+    for scale in scales:
+        side = math.floor(min(h, w) * scale)
+        if side < need:
+            at = f" at test-time scale {scale} ({side} px)" if scale != 1 else ""
+            raise DataError(
+                f"images of {w}x{h} px{at} are too small for {type(model).__name__}, which needs at least {need} px "
+                f"on a side; use larger images" + (" or drop that factor from train.tta_scales" if at else "")
+            )
 
 
 def evaluate_split(
@@ -350,29 +396,53 @@ class Trainer:
     many (torchrun): each process takes a disjoint shard of every global batch, gradients are averaged
     by DDP, and only the main process writes files."""
 
-    def __init__(self, cfg: RunConfig | None, run_dir: Path | None, *, resume: bool, device: str, progress: bool):
+    def __init__(
+        self,
+        cfg: RunConfig | None,
+        run_dir: Path | None,
+        *,
+        resume: bool,
+        device: str,
+        progress: bool,
+        epochs: int | None = None,
+        data_dir: str | Path | None = None,
+    ):
         self.dist = distributed.init(device)
+        self.created = False  # whether this process made the run folder (and may remove it if nothing was saved)
         if resume:
             if run_dir is None:
                 raise CheckpointError("--resume needs a run folder")
             cfg = load_run_config(run_dir)
+            if data_dir is not None:
+                cfg.data.dir = str(Path(data_dir).expanduser().absolute())
+        else:
+            if epochs is not None or data_dir is not None:
+                raise ConfigError("epochs and data_dir are for resuming; set them in the configuration of a new run")
+            run_dir = check_dir(run_dir or default_run_dir(cfg), "--out")
+            if RunPaths(run_dir).config.exists():
+                raise CheckpointError(f"{run_dir}: already holds a run; use --resume {run_dir} or another --out folder")
+            if cfg.data.dir is not None:
+                # Stored absolute: resume and evaluate run from any working folder.
+                cfg.data.dir = str(Path(cfg.data.dir).expanduser().absolute())
         self.cfg = cfg
-        self.run_dir = Path(self.dist.broadcast(str(run_dir or default_run_dir(cfg))))
+        self.run_dir = Path(self.dist.broadcast(str(run_dir)))
         self.paths = RunPaths(self.run_dir)
         self.task = get_task(cfg.task)
         self.rt = make_runtime(cfg, device, self.dist.local_rank)
         self.progress = progress and self.dist.main
         torch.manual_seed(cfg.train.seed)
 
+        if cfg.train.tensorboard and importlib.util.find_spec("tensorboard") is None:
+            raise ConfigError("train.tensorboard needs the tensorboard package: pip install 'cnnlab[tensorboard]'")
         self.data = self.task.load_data(cfg)
         self.train_set, self.val_set = self.data["train"], self.data["val"]
         self.net = self.task.build_model(cfg).to(self.rt.device)
+        self.check_data()
         if self.rt.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.model = self.net if self.dist.world == 1 else DistributedDataParallel(self.net)
         self.opt = make_optimizer(cfg, self.net)
         self.steps_per_epoch = math.ceil(len(self.train_set) / cfg.train.batch_size)
-        self.total_steps = self.steps_per_epoch * cfg.train.epochs
         self.task.prepare_training(cfg, self.train_set)
 
         self.state: dict[str, Any] = {
@@ -390,34 +460,81 @@ class Trainer:
             self.say(f"{self.run_dir} has no checkpoint yet: starting it from the beginning")
         elif resume:
             saved = checkpoint.load_latest(self.paths.last)
-            self.net.load_state_dict(saved["model"])
+            load_weights(self.net, saved["model"], self.paths.last, cfg)
             self.opt.load_state_dict(saved["optim"])
             _match_state_layout(self.opt)
             self.state = saved["state"]
             self.log = (
                 MetricsLog(self.paths.metrics, truncate_at=self.state["metrics_offset"]) if self.dist.main else None
             )
-            self.say(f"resuming {self.run_dir} at epoch {self.state['epoch'] + 1}, step {self.state['step']}")
         elif self.dist.main:
-            if self.paths.config.exists():
-                raise CheckpointError(f"{self.run_dir}: already holds a run; use --resume or another --out folder")
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.created = True
             dump_config(cfg, self.paths.config)
             write_json(self.paths.env, {**environment(self.rt), "processes": self.dist.world})
             self.log = MetricsLog(self.paths.metrics)
         else:
             self.log = None
+        if resume:
+            self.extend(epochs)
+            if self.dist.main:
+                checkpoint.remove_stale_temps(self.run_dir)
+                if epochs is not None or data_dir is not None:
+                    dump_config(cfg, self.paths.config)  # what the run now trains with, for evaluate and reports
+            if self.state["epoch"] < cfg.train.epochs:
+                self.say(f"resuming {self.run_dir} at epoch {self.state['epoch'] + 1}, step {self.state['step']}")
+        self.total_steps = self.steps_per_epoch * cfg.train.epochs
         self.sums = _EpochSums(**self.state["sums"])
         self.tb = None
         if cfg.train.tensorboard and self.dist.main:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                raise ConfigError(
-                    "train.tensorboard needs the tensorboard package: pip install 'cnnlab[tensorboard]'"
-                ) from None
+            from torch.utils.tensorboard import SummaryWriter
+
             # purge_step drops events past the checkpoint, as the metrics log does, so a resume adds no duplicates.
             self.tb = SummaryWriter(self.run_dir / "tensorboard", purge_step=self.state["step"] + 1 if resume else None)
+
+    def check_data(self) -> None:
+        """Refuse data the run cannot use, before the run folder is made: an empty split, or images
+        smaller than the model takes."""
+        for name in ("train", "val"):
+            if not len(self.data[name]):
+                raise DataError(
+                    f"{self.cfg.task} data: the {name} split is empty ({sum(map(len, self.data.values()))} images in "
+                    f"all, data.val_fraction {self.cfg.data.val_fraction}); use more images or change the fraction"
+                )
+        try:
+            check_input_size(self.net, self.train_set.x.shape, self.cfg.train.tta_scales)
+        except DataError as e:
+            raise DataError(f"{self.cfg.data.dir or self.cfg.task + ' data'}: {e}") from None
+
+    def extend(self, epochs: int | None) -> None:
+        """Resume with `epochs`: train to that many epochs in all (not fewer than are done)."""
+        done, planned = self.state["epoch"], self.cfg.train.epochs
+        if epochs is None or epochs == planned:
+            if done >= planned:
+                self.say(
+                    f"{self.run_dir} has finished its {planned} epochs: writing its evaluations and report again "
+                    f"(pass --epochs N over {done} to train on)"
+                )
+            return
+        least = max(1, done + (1 if self.state["batch"] else 0))  # an epoch under way is finished, not cut
+        if epochs < least:
+            raise ConfigError(
+                f"--epochs {epochs}: {self.run_dir} has already trained {done} epochs; give {least} or more"
+            )
+        if self.cfg.optim.schedule != "constant" or self.cfg.optim.warmup_fraction:
+            self.say(
+                f"note: the {self.cfg.optim.schedule} learning-rate schedule is recomputed for {epochs} epochs "
+                f"(planned: {planned}); from step {self.state['step']} on the rate follows the new plan"
+            )
+        self.cfg.train.epochs = epochs
+
+    def discard_if_unsaved(self) -> None:
+        """Remove the run folder this process made if it holds no checkpoint: there is nothing to resume,
+        and the same --out must be usable again."""
+        if self.created and not (self.paths.last.exists() or self.paths.last.with_suffix(".prev").exists()):
+            if self.log:
+                self.log.close()
+            shutil.rmtree(self.run_dir, ignore_errors=True)
 
     def say(self, message: str) -> None:
         if self.dist.main:
@@ -494,9 +611,14 @@ class Trainer:
                     loss_sum, correct, count, stops = self.dist.sum([loss_sum, correct, count, float(wants_stop)])
                     loss_v = loss_sum / len(idx)
                     if not math.isfinite(loss_v):
+                        saved = (
+                            f"the last good checkpoint is {self.paths.last}"
+                            if self.paths.last.exists()
+                            else "nothing was saved yet, so the run folder is removed"
+                        )
                         raise TrainingError(
-                            f"loss became {loss_v} at step {state['step']} (epoch {epoch + 1}); the last good "
-                            f"checkpoint is {self.paths.last}; try a lower optim.lr"
+                            f"loss became {loss_v} at step {state['step']} (epoch {epoch + 1}); {saved}; "
+                            "try a lower optim.lr"
                         )
                     self.sums.add(loss_sum, len(idx), int(correct), int(count))
                     if self.tb:
@@ -547,9 +669,10 @@ class Trainer:
         if any(r["kind"] == "epoch" for r in history):
             self.task.report_training(self.run_dir, history, self.net, self.cfg)
         if not partial:
-            evaluate(self.run_dir, split="val", device=str(self.rt.device), data=self.data, quiet=True)
+            evaluate(self.run_dir, split="val", device=str(self.rt.device), data=self.data)
             if len(self.data.get("test", [])):
-                evaluate(self.run_dir, split="test", device=str(self.rt.device), data=self.data)
+                m = evaluate(self.run_dir, split="test", device=str(self.rt.device), data=self.data)
+                self.say(f"[bold]test[/] (best checkpoint, {m['n']} images): {self.task.summary_line(m)}")
         path = write_report(self.run_dir, partial=partial)
         self.say(f"report: {path}")
 
@@ -608,35 +731,44 @@ def train(
     progress: bool = True,
     max_steps: int | None = None,
     finish: bool = True,
+    epochs: int | None = None,
+    data_dir: str | Path | None = None,
 ) -> TrainResult:
     """Train `cfg` into `run_dir` (or continue the run there when `resume`). Returns when done or stopped.
 
     `max_steps` stops after that many optimizer steps in total, as an interruption would (resume later):
-    for tests and quick tries. `finish=False` skips the end-of-run figures and evaluations.
+    for tests and quick tries. `finish=False` skips the end-of-run figures and evaluations. When
+    resuming, `epochs` changes the number of epochs to train in all and `data_dir` says where the data
+    set is now. A run that fails before its first checkpoint leaves no run folder behind.
     """
-    trainer = Trainer(cfg, run_dir, resume=resume, device=device, progress=progress)
-    if trainer.dist.world == 1:
-        return trainer.run(max_steps, finish)
+    trainer = Trainer(cfg, run_dir, resume=resume, device=device, progress=progress, epochs=epochs, data_dir=data_dir)
     try:
         return trainer.run(max_steps, finish)
-    except (torch.distributed.DistError, RuntimeError) as e:
-        # gloo/nccl report a peer that died as a RuntimeError from the next collective.
-        raise TrainingError(
-            f"process {trainer.dist.rank}: lost the other processes of this job ({str(e).splitlines()[0][:160]}); "
-            f"the last checkpoint is in {trainer.run_dir}; continue with --resume {trainer.run_dir}"
-        ) from None
+    except BaseException as e:
+        trainer.discard_if_unsaved()
+        if trainer.dist.world > 1 and isinstance(e, (torch.distributed.DistError, RuntimeError)):
+            # gloo/nccl report a peer that died as a RuntimeError from the next collective.
+            raise TrainingError(
+                f"process {trainer.dist.rank}: lost the other processes of this job ({str(e).splitlines()[0][:160]}); "
+                f"the last checkpoint is in {trainer.run_dir}; continue with --resume {trainer.run_dir}"
+            ) from None
+        raise
     finally:
-        # A process group left to the interpreter's exit can abort it ("terminate called without an
-        # active exception" from gloo's threads, seen in about 1 run in 15).
-        distributed.shutdown()
+        if trainer.dist.world > 1:
+            # A process group left to the interpreter's exit can abort it ("terminate called without an
+            # active exception" from gloo's threads, seen in about 1 run in 15).
+            distributed.shutdown()
 
 
 def load_model(run_dir: Path, which: str = "best", device: str = "cpu") -> tuple[torch.nn.Module, RunConfig]:
+    """The network of a run folder (its `which` checkpoint: best or last) in eval mode, and its configuration."""
+    if which not in ("best", "last"):
+        raise ConfigError(f"checkpoint {which!r}: choose best or last")
     cfg = load_run_config(run_dir)
     paths = RunPaths(Path(run_dir))
     model = get_task(cfg.task).build_model(cfg)
     path = paths.best if which == "best" else paths.last
-    model.load_state_dict(checkpoint.load_latest(path)["model"])
+    load_weights(model, checkpoint.load_latest(path)["model"], path, cfg)
     return model.to(device).eval(), cfg
 
 
@@ -654,14 +786,15 @@ def evaluate(
     data: dict[str, Batchable] | None = None,
     data_dir: str | None = None,
     external: Path | None = None,
-    quiet: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a run's checkpoint on one split, write `eval_<split>.json` and that split's figures.
 
     `data_dir` points the run's own data elsewhere; `external` evaluates on a whole other labelled
-    folder instead (split name "external").
+    folder instead (split name "external"). Prints nothing: `task.summary_line` formats the result.
     """
     run_dir = Path(run_dir)
+    if split not in ("test", "val"):
+        raise ConfigError(f"split {split!r}: choose test or val")
     model, cfg = load_model(run_dir, which, device)
     task = get_task(cfg.task)
     rt = make_runtime(cfg, device)
@@ -675,10 +808,11 @@ def evaluate(
         data = task.load_data(cfg)
     if split not in data or not len(data[split]):
         raise CheckpointError(f"{run_dir}: this run has no '{split}' split; choose one of {sorted(data)}")
-    metrics, probs = evaluate_split(model, task, data[split], rt, cfg)
+    try:
+        metrics, probs = evaluate_split(model, task, data[split], rt, cfg)
+    except DataError as e:
+        raise DataError(f"{external or f'{run_dir} ({split} split)'}: {e}") from None
     out = {"split": split, "checkpoint": which, "n": len(data[split]), **metrics}
     write_json(run_dir / f"eval_{split}.json", out)
     task.report_split(run_dir, split, data[split], probs, metrics, model)
-    if not quiet:
-        console.print(f"[bold]{split}[/] ({which} checkpoint, {len(data[split])} images): {task.summary_line(metrics)}")
     return out

@@ -74,6 +74,11 @@ def resolve_model(ref: str | Path | None, task: str) -> Path:
     return models_dir() / name
 
 
+def is_shipped_name(ref: str | Path) -> bool:
+    """Whether `ref` names a shipped model rather than a run folder."""
+    return not RunPaths(Path(ref)).config.is_file() and _card(str(ref)) is not None
+
+
 def resolve_any(ref: str | Path) -> Path:
     """A run folder or a shipped model's name, of either task."""
     if RunPaths(Path(ref)).config.is_file():

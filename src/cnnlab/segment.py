@@ -8,6 +8,7 @@ averaged where they overlap, and finally the probabilities are resized back to t
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -21,7 +22,8 @@ from PIL import Image
 from .checkpoint import atomic_write
 from .data import facade as fdata
 from .data.images import load_photo
-from .report.figures import colorize, write_json
+from .outputs import unique_stems
+from .report.figures import colorize, json_bytes
 from .tasks import Task
 
 TILE, OVERLAP = 256, 64
@@ -87,23 +89,35 @@ def segment_photo(
     return Segmentation(labels, overlay, {c: float(a) for c, a in zip(task.classes, area, strict=True)})
 
 
+def _encoded(image: Image.Image, **options: Any) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, **options)
+    return buf.getvalue()
+
+
 def segment_files(
     model: torch.nn.Module, task: Task, paths: list[Path], out_dir: Path, work_size: int = 512
 ) -> list[dict[str, Any]]:
-    """Write NAME_labels.png, NAME_overlay.jpg and NAME_areas.json for each photo into `out_dir`."""
-    # every input checked before any output
+    """Write NAME_labels.png, NAME_overlay.jpg and NAME_areas.json for each photo into `out_dir`.
+
+    Inputs with the same name get distinct outputs (NAME, NAME-2, ...). Every photo is read before
+    any output is written, and a photo's three files are encoded in memory before the first is written.
+    """
     photos = [(p, *load_photo(p, mode="RGB", min_side=MIN_SIDE)) for p in paths]
-    out_dir.mkdir(parents=True, exist_ok=True)
     results = []
-    for path, img, notes in photos:
+    for (path, img, notes), stem in zip(photos, unique_stems(paths), strict=True):
         _, h, w = img.shape
         seg = segment_photo(model, task, img, notes, work_size)
-        label_file, overlay_jpg = out_dir / f"{path.stem}_labels.png", out_dir / f"{path.stem}_overlay.jpg"
-        atomic_write(label_file, partial(label_png(seg.labels).save, format="PNG"))
-        atomic_write(overlay_jpg, partial(Image.fromarray(seg.overlay).save, format="JPEG", quality=90))
-        write_json(
-            out_dir / f"{path.stem}_areas.json", {"file": str(path), "size": [w, h], "area": seg.area, "notes": notes}
-        )
+        files = {
+            out_dir / f"{stem}_labels.png": _encoded(label_png(seg.labels), format="PNG"),
+            out_dir / f"{stem}_overlay.jpg": _encoded(Image.fromarray(seg.overlay), format="JPEG", quality=90),
+            out_dir / f"{stem}_areas.json": json_bytes(
+                {"file": str(path), "size": [w, h], "area": seg.area, "notes": notes}
+            ),
+        }
+        for target, data in files.items():
+            atomic_write(target, partial(Path.write_bytes, data=data))
+        label_file, overlay_jpg, _ = files
         results.append(
             {
                 "file": str(path),

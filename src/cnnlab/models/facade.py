@@ -36,6 +36,8 @@ class SeedA(nn.Module):
     768-channel layers affordable on a CPU.
     """
 
+    min_side = 16  # px: two unpadded 5x5 convs and two poolings need this much of the input
+
     def __init__(self, num_classes: int = 5):
         super().__init__()
         self.encoder = nn.Sequential(

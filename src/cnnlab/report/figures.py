@@ -35,8 +35,14 @@ def _to_jsonable(obj: Any) -> Any:
     return obj
 
 
+def json_bytes(obj: Any) -> bytes:
+    """`obj` as indented JSON (tensors and arrays as lists, non-finite floats as null)."""
+    return json.dumps(_to_jsonable(obj), indent=1).encode()
+
+
 def write_json(path: Path, obj: Any) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(_to_jsonable(obj), indent=1)))
+    """Write `obj` as JSON to `path`, atomically."""
+    atomic_write(path, lambda tmp: tmp.write_bytes(json_bytes(obj)))
 
 
 def _save(fig: plt.Figure, path: Path, data: Any, layout: bool = True) -> Path:

@@ -1,0 +1,67 @@
+"""Where cnnlab writes. Every command checks its output paths here before it does any work, so a path
+it cannot use is one line at the start, not a traceback after an hour of training.
+
+Writing itself goes through `checkpoint.atomic_write` (temporary file, fsync, rename).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from .errors import CnnlabError
+
+
+class OutputError(CnnlabError):
+    """An output path cannot be written: a file where a folder must be, or no permission."""
+
+
+def _check_ancestors(path: Path, option: str) -> None:
+    for parent in path.parents:
+        if parent.is_dir():
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise OutputError(f"{option} {path}: cannot write in {parent} (permission denied); choose another path")
+            return
+        if parent.exists() or parent.is_symlink():
+            raise OutputError(f"{option} {path}: {parent} is a file, not a folder; choose another path")
+
+
+def check_dir(path: str | Path, option: str) -> Path:
+    """`path` is a folder cnnlab may create or write into; OutputError (one line naming `option`) if not."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{option} {path}: is a file, not a folder; give a folder (it is created if missing)")
+    if path.is_dir():
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise OutputError(f"{option} {path}: cannot write in this folder (permission denied); choose another")
+        return path
+    _check_ancestors(path, option)
+    return path
+
+
+def check_file(path: str | Path, option: str, example: str = "out") -> Path:
+    """`path` is a file cnnlab may create or replace; OutputError (one line naming `option`) if not.
+    `example` is a file name to suggest inside a folder given by mistake."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{option} {path}: is a folder; give a file name, e.g. {path / example}")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise OutputError(f"{option} {path}: the file is read-only; choose another name")
+    _check_ancestors(path, option)
+    return path
+
+
+def unique_stems(paths: Sequence[str | Path]) -> list[str]:
+    """Output name stems for input files, one per input, never two alike: `a/IMG_1.jpg` and
+    `b/IMG_1.jpg` become `IMG_1` and `IMG_1-2`, so one input's outputs never replace another's."""
+    taken: set[str] = set()
+    stems = []
+    for p in paths:
+        stem, n = Path(p).stem, 1
+        while (stem if n == 1 else f"{stem}-{n}").lower() in taken:  # case-insensitive file systems too
+            n += 1
+        stem = stem if n == 1 else f"{stem}-{n}"
+        taken.add(stem.lower())
+        stems.append(stem)
+    return stems
