@@ -107,6 +107,26 @@ def test_any_shortcut_value_is_taken_as_typed_or_refused_in_one_line(monkeypatch
         assert code == 2 and "Traceback" not in err and option in err, err
 
 
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["models", "--bogus"], "No such option: --bogus; see `cnnlab models --help`"),
+        (["fashion", "train", "--epochs", "x"], "Invalid value for '--epochs'"),
+        (["fashion", "predict"], "Missing argument '[RUN] IMAGE'; see `cnnlab fashion predict --help`"),
+        (["serve", "--port", "99999"], "Invalid value for '--port'"),
+        (["fashion", "evaluate"], "Missing argument 'run'"),
+    ],
+)
+def test_usage_errors_are_one_line_too(monkeypatch, capsys, args, expected):
+    code, _, err = run_cli(monkeypatch, capsys, *args)
+    one_error_line(code, err, expected)
+
+
+def test_help_still_exits_0(monkeypatch, capsys):
+    code, out, _ = run_cli(monkeypatch, capsys, "fashion", "train", "--help")
+    assert code == 0 and "--resume" in out
+
+
 # ---------------------------------------------------------------- 3 and 10: refused before the run folder exists
 
 

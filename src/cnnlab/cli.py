@@ -284,7 +284,17 @@ def main() -> None:
     """The `cnnlab` command: any CnnlabError is one `cnnlab: error:` line and exit code 2."""
     warnings.showwarning = _warning_line
     try:
-        app()
+        # Not standalone: click's usage errors come here, to be one line like every other error.
+        code = app(standalone_mode=False)
+    except typer.Abort:
+        sys.exit(130)
+    except typer.TyperException as e:  # a usage error from the click that typer carries inside
+        ctx = getattr(e, "ctx", None)
+        command = ctx.command_path if ctx else "cnnlab"
+        message = " ".join(e.format_message().split()).rstrip(".")
+        typer.echo(f"cnnlab: error: {message}; see `{command} --help`", err=True)
+        sys.exit(2)
     except CnnlabError as e:
         typer.echo(f"cnnlab: error: {' '.join(str(e).split())}", err=True)
         sys.exit(2)
+    sys.exit(code if isinstance(code, int) else 0)
