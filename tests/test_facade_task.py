@@ -129,10 +129,11 @@ def test_predict_big_rotated_jpeg_and_grey_png(tiny_facade, tmp_path):
     )
     assert r.returncode == 0, r.stderr
     assert "rotated per EXIF orientation 6" in r.stdout and "greyscale" in r.stdout
+    assert "downscaled 3000x2000 to 2048x1365" in r.stdout  # decoded at most MAX_SIDE: memory stays bounded
     labels = Image.open(tmp_path / "out" / "big_labels.png")
-    assert labels.size == (2000, 3000) and labels.mode == "P"
+    assert labels.size == (1365, 2048) and labels.mode == "P"
     assert set(np.unique(np.array(labels))) <= {0, 1, 2, 3, 4}
-    assert Image.open(tmp_path / "out" / "big_overlay.jpg").size == (2000, 3000)
+    assert Image.open(tmp_path / "out" / "big_overlay.jpg").size == (1365, 2048)
     areas = json.loads((tmp_path / "out" / "grey_areas.json").read_text())["area"]
     assert sum(areas.values()) == pytest.approx(1.0) and list(areas) == list(FacadeTask.classes)
     (tmp_path / "bomb.png").write_bytes(b"")

@@ -1,3 +1,4 @@
+import io
 import struct
 import zlib
 
@@ -6,8 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from cnnlab.data.images import load_photo
-from cnnlab.errors import DataError
+from cnnlab.data.facade import load_folder
+from cnnlab.data.images import FORMATS, load_photo, read_photo, shrink
+from cnnlab.errors import DataError, NotAnImageError
+from cnnlab.predictions import MAX_SIDE, fashion_input, fashion_pixels
 
 
 def _noise(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -154,3 +157,135 @@ def test_decompression_bomb_is_refused(tmp_path):
     _png_declaring(tmp_path / "bomb.png", 60000, 60000)  # 3.6G pixels: PIL itself refuses at open
     _raises_one_line(tmp_path / "bomb.png", "decompression bomb", max_pixels=10**10)
     _raises_one_line(tmp_path / "bomb.png", "decompression bomb|over the limit")
+
+
+# ---- Bounded decoding: max_side, aspect ratio, allowed formats
+
+
+def test_max_side_decodes_a_jpeg_at_reduced_scale(tmp_path):
+    Image.new("RGB", (4000, 3000), (200, 30, 40)).save(tmp_path / "big.jpg", quality=95)
+    image, notes = load_photo(tmp_path / "big.jpg", max_side=500)
+    assert image.shape == (3, 375, 500)
+    assert notes == ["downscaled 4000x3000 to 500x375 (decoded at 1/8 scale)"]
+    assert image.float().mean(dim=(1, 2)).tolist() == pytest.approx([200, 30, 40], abs=3)
+
+
+@pytest.mark.parametrize(
+    ("mode", "fill", "expected", "note"),
+    [
+        ("RGB", (10, 200, 30), [10, 200, 30], None),
+        ("1", 1, [255, 255, 255], "converted from 1-bit black/white to RGB"),
+        ("L", 90, [90, 90, 90], "converted from greyscale to RGB"),
+        ("LA", (90, 0), [255, 255, 255], "converted from greyscale+alpha to RGB (alpha composited on white)"),
+        ("RGBA", (10, 200, 30, 255), [10, 200, 30], "converted from RGBA to RGB (alpha composited on white)"),
+        ("I;16", 257 * 100, [100, 100, 100], "converted from 16-bit grey to RGB"),
+    ],
+)
+def test_max_side_shrinks_every_mode_to_the_same_colours(tmp_path, mode, fill, expected, note):
+    Image.new(mode, (900, 600), fill).save(tmp_path / "big.png")
+    image, notes = load_photo(tmp_path / "big.png", max_side=90)
+    assert image.shape == (3, 60, 90) and image.dtype == torch.uint8
+    assert image[:, 30, 45].tolist() == expected and bool((image == image[:, :1, :1]).all())
+    assert notes == ["downscaled 900x600 to 90x60", *([note] if note else [])]
+
+
+@pytest.mark.parametrize("transparent", [False, True])
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_palette_images_are_shrunk_as_colours_not_indices(tmp_path, transparent, mode):
+    # Fine stripes of palette entries 0 and 2: averaging the indices would give entry 1 (pure green).
+    stripes = (np.indices((300, 600))[1] % 2 * 2).astype(np.uint8)
+    im = Image.fromarray(stripes, "P")
+    im.putpalette([0, 0, 0, 0, 255, 0, 200, 200, 200] + [0] * 759)
+    im.save(tmp_path / "p.png", **({"transparency": 0} if transparent else {}))
+    image, notes = load_photo(tmp_path / "p.png", mode=mode, max_side=100)
+    assert image.shape == ((3, 50, 100) if mode == "RGB" else (1, 50, 100))
+    black_or_white = 255 if transparent else 0  # transparent entry 0 is composited on white
+    assert image[:, 25, 50].tolist() == pytest.approx([(black_or_white + 200) / 2] * len(image), abs=2)
+    assert notes[1] == f"converted from palette to {mode}" + (" (alpha composited on white)" if transparent else "")
+
+
+def test_exif_rotation_survives_shrinking(tmp_path):
+    pixels = np.zeros((200, 400, 3), dtype=np.uint8)
+    pixels[:, :200, 0] = 255  # left half red; orientation 6 puts it on top
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(pixels).save(tmp_path / "r.jpg", exif=exif, quality=95)
+    image, notes = load_photo(tmp_path / "r.jpg", max_side=100)
+    assert image.shape == (3, 100, 50)
+    assert notes == ["downscaled 400x200 to 100x50 (decoded at 1/4 scale)", "rotated per EXIF orientation 6"]
+    assert image[0, 10, 25] > 200 and image[0, 90, 25] < 50
+
+
+def test_small_images_are_not_touched_by_max_side(tmp_path):
+    pixels = _noise(30, 40)
+    Image.fromarray(pixels).save(tmp_path / "a.png")
+    image, notes = load_photo(tmp_path / "a.png", max_side=40)
+    assert torch.equal(image, torch.from_numpy(pixels).permute(2, 0, 1)) and notes == []
+
+
+def test_strips_longer_than_the_aspect_limit_are_refused_before_decoding(tmp_path):
+    _png_declaring(tmp_path / "strip.png", 200_000, 200)  # 40 MP, under the pixel cap; no pixel data at all
+    message = _raises_one_line(tmp_path / "strip.png", "longer than 50:1", mode="L", max_side=280)
+    assert "200000x200" in message
+    Image.new("L", (2000, 40)).save(tmp_path / "ok.png")
+    assert load_photo(tmp_path / "ok.png")[0].shape == (3, 40, 2000)  # exactly 50:1 is allowed
+
+
+@pytest.mark.parametrize("fmt", ["EPS", "PDF", "ICO", "PCX", "TGA", "PPM", "SGI"])
+def test_formats_outside_the_allowed_set_are_not_images_whatever_the_suffix(tmp_path, fmt):
+    path = tmp_path / "photo.jpg"
+    Image.new("RGB", (64, 64), (10, 20, 30)).save(path, format=fmt)
+    with pytest.raises(NotAnImageError) as info:
+        load_photo(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: not a readable image") and "\n" not in message
+    assert ", ".join(FORMATS) in message
+    with pytest.raises(NotAnImageError):
+        read_photo(io.BytesIO(path.read_bytes()), "upload")
+
+
+def test_every_allowed_format_loads(tmp_path):
+    for fmt in FORMATS:
+        path = tmp_path / f"a.{fmt.lower()}"
+        Image.new("RGB", (64, 48), (0, 0, 255)).save(path, format=fmt, **({"lossless": True} if fmt == "WEBP" else {}))
+        image, _ = load_photo(path, max_side=32)
+        assert image.shape == (3, 24, 32), fmt
+        assert image[:, 12, 16].tolist() == pytest.approx([0, 0, 255], abs=2), fmt
+
+
+def test_shrink_averages_uint8_images():
+    grey = torch.zeros(1, 100, 400, dtype=torch.uint8)
+    grey[0, :, 1::2] = 200
+    assert shrink(grey, 40).shape == (1, 10, 40) and shrink(grey, 40).unique().tolist() == [100]
+    rgb = torch.full((3, 30, 20), 7, dtype=torch.uint8)
+    assert shrink(rgb, 30) is rgb and shrink(rgb, 15).shape == (3, 15, 10)
+
+
+def test_fashion_pixels_of_a_huge_strip_stay_small():
+    # Padded to a square as floats before any shrinking, this took 160 GB.
+    x, notes = fashion_pixels(torch.zeros(1, 200, 200_000, dtype=torch.uint8), [])
+    assert x.shape == (1, 28, 28)
+    assert notes[0] == "downscaled 200000x200 to 280x1"
+
+
+def test_fashion_input_decodes_at_most_max_side(tmp_path):
+    Image.new("L", (6000, 4000), 255).save(tmp_path / "shirt.jpg")
+    x, notes = fashion_input(tmp_path / "shirt.jpg")
+    assert x.shape == (1, 28, 28) and notes[0] == f"downscaled 6000x4000 to {MAX_SIDE}x187 (decoded at 1/8 scale)"
+
+
+# ---- Facade label PNGs
+
+
+def test_huge_label_is_refused_before_decoding(tmp_path):
+    _png_declaring(tmp_path / "a.png", 12_000, 12_000)  # 144 MP
+    Image.new("RGB", (8, 6)).save(tmp_path / "a.jpg")
+    with pytest.raises(DataError, match=r"a\.png: label declares 12000x12000 = 144,000,000 pixels, over the limit"):
+        load_folder(tmp_path, progress=False)
+
+
+def test_label_must_be_a_png_whatever_its_suffix(tmp_path):
+    Image.new("RGB", (8, 6)).save(tmp_path / "a.jpg")
+    Image.new("L", (8, 6), 1).save(tmp_path / "a.png", format="JPEG")  # lossy: its class numbers would blur
+    with pytest.raises(DataError, match=r"a\.png: not a readable label PNG"):
+        load_folder(tmp_path, progress=False)

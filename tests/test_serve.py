@@ -27,7 +27,7 @@ from cnnlab import engine, pretrained
 from cnnlab.config import load_config
 from cnnlab.data import fashion
 from cnnlab.data.images import load_photo
-from cnnlab.predict import classify
+from cnnlab.predictions import classify
 from cnnlab.segment import segment_photo
 from cnnlab.serve import Limits, create_app
 from cnnlab.tasks import get_task
@@ -174,6 +174,77 @@ def test_bad_uploads_are_refused_with_one_line(client, case):
     assert r.status_code == status, r.text
     detail = r.json()["detail"]
     assert message in detail and detail.startswith("photo.jpg: ") and "\n" not in detail
+
+
+def _multipart(part_headers: str, body: bytes = b"x") -> dict:
+    """httpx.Client.post arguments for a hand-made multipart body, so a test controls every byte of it."""
+    content = b"--b\r\n" + part_headers.encode("latin-1") + b"\r\n\r\n" + body + b"\r\n--b--\r\n"
+    return {"content": content, "headers": {"content-type": "multipart/form-data; boundary=b"}}
+
+
+HOW_TO_SEND = "send the image as the multipart/form-data field 'file', as curl -F file=@photo.jpg does"
+MALFORMED = {  # request: (method, path, httpx arguments, status, the detail or its start)
+    "no file field": ("post", "/api/facade", {"files": {"image": ("a.jpg", b"x")}}, 422,
+                      f"missing the multipart field 'file'; {HOW_TO_SEND}"),
+    "a JSON body": ("post", "/api/fashion", {"json": {"file": "x"}}, 422,
+                    f"expected a multipart/form-data body, got application/json; {HOW_TO_SEND}"),
+    "the raw image": ("post", "/api/facade", {"content": b"\xff\xd8\xff", "headers": {"content-type": "image/jpeg"}},
+                      422, f"expected a multipart/form-data body, got image/jpeg; {HOW_TO_SEND}"),
+    "no content type": ("post", "/api/facade", {"content": b"x"}, 422,
+                        f"expected a multipart/form-data body, got one with no Content-Type; {HOW_TO_SEND}"),
+    "a form field": ("post", "/api/fashion", {"data": {"file": "photo.jpg"}}, 422,
+                     f"expected a multipart/form-data body, got application/x-www-form-urlencoded; {HOW_TO_SEND}"),
+    "a part with no filename": ("post", "/api/facade", _multipart('Content-Disposition: form-data; name="file"'), 422,
+                                f"the multipart field 'file' is not a file (its part has no filename); {HOW_TO_SEND}"),
+    "no boundary": ("post", "/api/facade", {"content": b"x", "headers": {"content-type": "multipart/form-data"}}, 400,
+                    "Missing boundary in multipart."),
+    "garbled multipart": ("post", "/api/fashion", {"content": b"garbage", "headers": {
+                          "content-type": "multipart/form-data; boundary=b"}}, 400, "Invalid multipart data."),
+    "a filename over lines": ("post", "/api/facade", _multipart(
+                              'Content-Disposition: form-data; name="file"; filename="a\tb\x0bc.jpg"', b"text"), 415,
+                              "a b c.jpg: not a readable image"),
+    "no such path": ("get", "/api/segment", {}, 404, "Not Found"),
+    "a wrong method": ("get", "/api/facade", {}, 405, "Method Not Allowed"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", MALFORMED)
+def test_malformed_requests_get_one_line_of_json(client, case):
+    method, path, arguments, status, detail = MALFORMED[case]
+    r = client.request(method.upper(), path, **arguments)
+    assert r.status_code == status, r.text
+    assert list(r.json()) == ["detail"] and r.json()["detail"].startswith(detail), r.text
+    assert len(r.json()["detail"].splitlines()) == 1
+    if status == 405:
+        assert r.headers["allow"] == "POST"  # as RFC 9110 asks
+
+
+def test_a_bug_answers_500_with_one_line_of_json(runs, garment):
+    class Broken(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            raise RuntimeError("weights\nlost")
+
+    app = create_app(runs["fashion"], runs["facade"])
+    app.state.served["fashion"].model = Broken()
+    # raise_server_exceptions=False: answer as the real server does (uvicorn logs the exception, raised again)
+    with TestClient(app, raise_server_exceptions=False) as c:
+        r = _post(c, "fashion", garment[0])
+    assert r.status_code == 500
+    assert r.json() == {"detail": "internal error: RuntimeError: weights lost; the server log has the traceback"}
+
+
+def test_the_schema_says_errors_are_one_line_of_json(client):
+    """What test_serve_schema.py holds the server to: every error status of an upload is an ErrorDetail."""
+    openapi = client.get("/openapi.json").json()
+    assert openapi["components"]["schemas"]["ErrorDetail"]["required"] == ["detail"]
+    assert "HTTPValidationError" not in openapi["components"]["schemas"]  # FastAPI's list of errors
+    for endpoint in ("facade", "fashion"):
+        responses = openapi["paths"][f"/api/{endpoint}"]["post"]["responses"]
+        assert set(responses) == {"200", "400", "413", "415", "422", "500", "503"}
+        for status in set(responses) - {"200"}:
+            schema = responses[status]["content"]["application/json"]["schema"]
+            assert schema == {"$ref": "#/components/schemas/ErrorDetail"}, status
+        assert "Retry-After" in responses["503"]["headers"]
 
 
 def test_uploads_over_the_size_limit_are_413(runs):

@@ -28,6 +28,9 @@ from .tasks import Task
 
 TILE, OVERLAP = 256, 64
 MIN_SIDE = 32  # px: smaller than a window of the training crops
+# px: photos are decoded at most this large. Segmentation runs at `work_size` anyway; the outputs at full
+# size cost ~100 bytes a pixel (2.4 GB for 40 MP), at 2048 px at most ~240 MB a photo (measured).
+MAX_SIDE = 2048
 
 
 def _starts(length: int, tile: int, step: int) -> list[int]:
@@ -103,7 +106,7 @@ def segment_files(
     Inputs with the same name get distinct outputs (NAME, NAME-2, ...). Every photo is read before
     any output is written, and a photo's three files are encoded in memory before the first is written.
     """
-    photos = [(p, *load_photo(p, mode="RGB", min_side=MIN_SIDE)) for p in paths]
+    photos = [(p, *load_photo(p, mode="RGB", min_side=MIN_SIDE, max_side=MAX_SIDE)) for p in paths]
     results = []
     for (path, img, notes), stem in zip(photos, unique_stems(paths), strict=True):
         _, h, w = img.shape

@@ -5,6 +5,7 @@ body over the upload limit while it arrives (413), decodes only common image for
 under load_photo's pixel cap (400), and runs inference in at most `workers` threads with at most `queue`
 requests waiting: past that it answers 503 with Retry-After rather than pile up work it cannot finish.
 Uploads stay in memory (multipart parts over 1 MB spool to the system temp folder while parsed).
+Every error answer, whatever raised it, is JSON {"detail": "one line"}, as the OpenAPI schema says.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import base64
 import io
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -20,28 +21,32 @@ from typing import Any, TypeVar
 
 import numpy as np
 import torch
-from fastapi import FastAPI, File, HTTPException, UploadFile
+from fastapi import FastAPI, File, HTTPException, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import __version__, engine
 from .data.images import MAX_PIXELS, read_photo
 from .errors import CnnlabError, DataError, NotAnImageError
-from .predict import MIN_SIDE as FASHION_MIN_SIDE
-from .predict import classify, fashion_pixels
+from .predictions import MAX_SIDE as FASHION_MAX_SIDE
+from .predictions import MIN_SIDE as FASHION_MIN_SIDE
+from .predictions import classify, fashion_pixels
 from .pretrained import resolve_model
+from .segment import MAX_SIDE as FACADE_MAX_SIDE
 from .segment import MIN_SIDE as FACADE_MIN_SIDE
 from .segment import label_png, segment_photo
 from .tasks import Task, get_task
 from .tasks.facade import HEX
 
-FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")  # what cameras and browsers send; PIL reads riskier ones
-OVERLAY_MAX_PX = 1024  # the page shows no more; the label map keeps the photo's full size
+OVERLAY_MAX_PX = 1024  # the page shows no more; the label map keeps the decoded photo's size
 MULTIPART_SLACK = 64 * 1024  # boundaries and part headers around the file in a multipart body
 RETRY_AFTER_S = 2  # a facade photo takes ~0.1 s of CPU: a full queue has moved on by then
+HOW_TO_SEND = "send the image as the multipart/form-data field 'file', as curl -F file=@photo.jpg does"
 T = TypeVar("T")
 
 
@@ -137,12 +142,14 @@ class FashionResult(BaseModel):
 
 
 class FacadeResult(BaseModel):
-    width: int
+    width: int = Field(description=f"Of the photo as segmented: its own size, or at most {FACADE_MAX_SIDE} px.")
     height: int
     areas: dict[str, float] = Field(description="Share of the photo's pixels per class, in class order.")
     colors: dict[str, str] = Field(description="The colour of each class in the overlay and label map.")
     overlay_png: str = Field(description=f"data: URI, the photo half covered by class colours, <= {OVERLAY_MAX_PX} px")
-    labels_png: str = Field(description="data: URI, palette PNG at the photo's size; pixel value = class index")
+    labels_png: str = Field(
+        description=f"data: URI, palette PNG at the photo's size (<= {FACADE_MAX_SIDE} px); pixel value = class index"
+    )
     notes: list[str]
 
 
@@ -159,12 +166,65 @@ class Health(BaseModel):
     busy: int = Field(description="Requests running or waiting for a worker now.")
 
 
+class ErrorDetail(BaseModel):
+    """The body of every error answer."""
+
+    detail: str = Field(description="What went wrong and what to do about it, in one line.")
+
+
+def _error(description: str, **more: Any) -> dict[str, Any]:
+    return {"model": ErrorDetail, "description": description, **more}
+
+
 ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"description": "Not a usable image: truncated, too small, or over the pixel limit."},
-    413: {"description": "Upload over the size limit."},
-    415: {"description": "Not an image, or not a format the server reads."},
-    503: {"description": "No model for this task, or the queue is full (then with Retry-After)."},
+    400: _error("Not a usable image (truncated, too small, over the pixel limit), or a malformed multipart body."),
+    413: _error("Upload over the size limit."),
+    415: _error("Not an image, or not a format the server reads."),
+    422: _error("Not a multipart/form-data body with a file in the field 'file'."),
+    503: _error(
+        "No model for this task, or the queue is full (then with Retry-After).",
+        headers={
+            "Retry-After": {"description": "Seconds to wait, when the queue is full.", "schema": {"type": "integer"}}
+        },
+    ),
 }
+BUG = {500: _error("A bug in the server; its log has the traceback.")}
+
+
+def _shown(filename: str | None) -> str:
+    """An upload's name as messages show it: one short line, since the client chose it."""
+    return " ".join((filename or "").split())[:100] or "upload"
+
+
+def _invalid_upload(errors: Sequence[Any], content_type: str) -> str:
+    """One line for FastAPI's list of validation errors; all endpoints take one multipart field, `file`."""
+    kind = content_type.split(";")[0].strip().lower()
+    if kind != "multipart/form-data":
+        return f"expected a multipart/form-data body, got {kind or 'one with no Content-Type'}; {HOW_TO_SEND}"
+    if any(e["loc"] != ("body", "file") for e in errors):
+        return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors) + f"; {HOW_TO_SEND}"
+    if any(e["type"] == "missing" for e in errors):
+        return f"missing the multipart field 'file'; {HOW_TO_SEND}"
+    return f"the multipart field 'file' is not a file (its part has no filename); {HOW_TO_SEND}"
+
+
+def _answer_errors_in_one_line(app: FastAPI) -> None:
+    """Give FastAPI's own errors (a list of validation errors, a bare 500 text) the shape of the rest."""
+
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": _invalid_upload(exc.errors(), request.headers.get("content-type", ""))}, 422)
+
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"detail": " ".join(str(exc.detail).split())}, exc.status_code, headers=exc.headers)
+
+    async def crash(request: Request, exc: Exception) -> JSONResponse:
+        # Starlette raises the exception again after this answer is sent, so uvicorn logs its traceback.
+        what = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+        return JSONResponse({"detail": f"internal error: {what}; the server log has the traceback"}, 500)
+
+    app.add_exception_handler(RequestValidationError, invalid)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, crash)
 
 
 def _data_uri(image: Image.Image) -> str:
@@ -177,7 +237,7 @@ def _shrunk(overlay: np.ndarray, notes: list[str]) -> Image.Image:
     image = Image.fromarray(overlay)
     if max(image.size) > OVERLAY_MAX_PX:
         image.thumbnail((OVERLAY_MAX_PX, OVERLAY_MAX_PX), Image.Resampling.LANCZOS)
-        notes.append(f"overlay sent at {image.width}x{image.height}; labels_png has the full size")
+        notes.append(f"overlay sent at {image.width}x{image.height}; labels_png has the size segmented")
     return image
 
 
@@ -192,7 +252,9 @@ def create_app(
         title="cnnlab",
         version=__version__,
         description="Fashion-MNIST classification and facade segmentation of uploaded images.",
+        responses=BUG,
     )
+    _answer_errors_in_one_line(app)
     app.add_middleware(BodyLimit, limit=limits.max_upload_bytes + MULTIPART_SLACK, message=too_large)
     app.state.served, app.state.gate = served, gate
 
@@ -205,12 +267,12 @@ def create_app(
         data = await file.read(limits.max_upload_bytes + 1)
         if len(data) > limits.max_upload_bytes:
             raise HTTPException(413, too_large)
-        return data, file.filename or "upload"
+        return data, _shown(file.filename)
 
-    def decode(data: bytes, name: str, mode: str, min_side: int) -> tuple[torch.Tensor, list[str]]:
+    def decode(data: bytes, name: str, mode: str, min_side: int, max_side: int) -> tuple[torch.Tensor, list[str]]:
         try:
             return read_photo(
-                io.BytesIO(data), name, mode=mode, max_pixels=limits.max_pixels, min_side=min_side, formats=FORMATS
+                io.BytesIO(data), name, mode=mode, max_pixels=limits.max_pixels, min_side=min_side, max_side=max_side
             )
         except NotAnImageError as e:
             raise HTTPException(415, str(e)) from None
@@ -239,7 +301,7 @@ def create_app(
         data, name = await read_upload(file)
 
         def work() -> FashionResult:
-            x, notes = fashion_pixels(*decode(data, name, "L", FASHION_MIN_SIDE))
+            x, notes = fashion_pixels(*decode(data, name, "L", FASHION_MIN_SIDE, FASHION_MAX_SIDE))
             top = classify(held.model, held.task, x, top=3)
             return FashionResult(top=[Guess(class_=c, probability=p) for c, p in top], notes=notes)
 
@@ -252,7 +314,7 @@ def create_app(
         data, name = await read_upload(file)
 
         def work() -> FacadeResult:
-            img, notes = decode(data, name, "RGB", FACADE_MIN_SIDE)
+            img, notes = decode(data, name, "RGB", FACADE_MIN_SIDE, FACADE_MAX_SIDE)
             seg = segment_photo(held.model, held.task, img, notes)
             return FacadeResult(
                 width=img.shape[2],

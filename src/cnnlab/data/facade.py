@@ -8,6 +8,7 @@ are made of whole groups, never of single files.
 import math
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from rich.progress import track
 from torch import Tensor
 
 from ..errors import ConfigError, DataError
-from .images import load_photo
+from .images import MAX_PIXELS, load_photo
 
 CLASSES = ("others", "facade", "pillar", "window", "balcony")
 COLORS = [(0, 0, 0), (0, 128, 255), (128, 255, 128), (255, 128, 0), (255, 0, 0)]
@@ -109,7 +110,17 @@ def load_folder(path: str | Path, *, require_labels: bool = True, progress: bool
 
 def _read_label(path: Path) -> np.ndarray:
     try:
-        with Image.open(path) as im:
+        # PIL only warns below 179 MP, and our own cap must come before the decode it protects.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path, formats=("PNG",))
+        with im:
+            width, height = im.size
+            if width * height > MAX_PIXELS:
+                raise DataError(
+                    f"{path}: label declares {width}x{height} = {width * height:,} pixels, over the limit of "
+                    f"{MAX_PIXELS:,}; give each label the size of its image"
+                )
             if im.mode not in _LABEL_MODES:
                 kind = "16-bit" if im.mode.startswith("I") else f"mode {im.mode}"
                 raise DataError(

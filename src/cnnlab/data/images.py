@@ -1,29 +1,50 @@
-"""Loading a user's photo safely: any common format, EXIF rotation, and no decompression bombs."""
+"""Loading a user's photo safely: allowed formats only, EXIF rotation, bounded memory, no decompression bombs."""
 
+import struct
 import warnings
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 from ..errors import DataError, NotAnImageError
 
+# What cameras and browsers send. PIL reads many riskier formats (EPS runs Ghostscript), whatever the suffix.
+FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+MAX_PIXELS = 40_000_000  # a 40-megapixel photo; far larger declared sizes are decompression bombs
+# Phone panoramas reach about 10:1; a longer strip holds nothing to predict on once fitted to a square.
+MAX_ASPECT = 50
+
 _SIXTEEN_BIT_GREY = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 _SOURCE_NAMES = {"1": "1-bit black/white", "L": "greyscale", "P": "palette", "LA": "greyscale+alpha"}
 _EXIF_ORIENTATION = 0x0112
-MAX_PIXELS = 40_000_000  # a 40-megapixel photo; far larger declared sizes are decompression bombs
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 
 def load_photo(
-    path: str | Path, *, mode: str = "RGB", max_pixels: int = MAX_PIXELS, min_side: int = 1
+    path: str | Path,
+    *,
+    mode: str = "RGB",
+    max_pixels: int = MAX_PIXELS,
+    min_side: int = 1,
+    formats: tuple[str, ...] = FORMATS,
+    max_side: int | None = None,
 ) -> tuple[Tensor, list[str]]:
     """Read an image file as uint8 (C, H, W), C = 3 for mode "RGB" or 1 for "L".
 
-    Returns the pixels and human notes on what was done to them (EXIF rotation, mode conversion).
-    Any problem with the file raises DataError.
+    Returns the pixels and human notes on what was done to them (EXIF rotation, mode conversion,
+    downscaling). Any problem with the file raises DataError. See `read_photo` for the parameters.
     """
     path = Path(path)
     if path.is_dir():
@@ -32,7 +53,9 @@ def load_photo(
         raise DataError(f"{path}: file not found; check the path")
     if path.stat().st_size == 0:
         raise DataError(f"{path}: file is empty (0 bytes); give a real JPEG or PNG photo")
-    return read_photo(path, str(path), mode=mode, max_pixels=max_pixels, min_side=min_side)
+    return read_photo(
+        path, str(path), mode=mode, max_pixels=max_pixels, min_side=min_side, formats=formats, max_side=max_side
+    )
 
 
 def read_photo(
@@ -42,49 +65,40 @@ def read_photo(
     mode: str = "RGB",
     max_pixels: int = MAX_PIXELS,
     min_side: int = 1,
-    formats: tuple[str, ...] | None = None,
+    formats: tuple[str, ...] = FORMATS,
+    max_side: int | None = None,
 ) -> tuple[Tensor, list[str]]:
     """`load_photo` for a path or an open binary file (an upload in memory); `name` stands for it in messages.
 
-    `formats` limits the decoders PIL may try (for untrusted input); data in any other format raises
-    NotAnImageError, as non-image data does. Any other problem raises DataError.
+    `formats` limits the decoders PIL may try; data in any other format raises NotAnImageError, as
+    non-image data does. `max_side` bounds the longer side of the result: larger images are shrunk
+    while decoding where the format allows (JPEG at 1/2, 1/4 or 1/8 scale), then resized, so the
+    memory a call takes is bounded by what the caller needs rather than by the file's declared size.
+    Images over `max_pixels`, under `min_side` or longer than MAX_ASPECT:1 raise DataError before
+    any pixel is decoded; any other problem raises DataError too.
     """
     if mode not in ("RGB", "L"):
         raise ValueError(f"mode must be 'RGB' or 'L', not {mode!r}")
-    notes: list[str] = []
     try:
-        # Our own pixel limit is checked from the header below, so PIL's softer warning is noise here;
+        # Our own pixel limit is checked from the header, so PIL's softer warning is noise here;
         # its hard DecompressionBombError (over twice its own limit) still stops a bomb at open().
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(source, formats=formats) as im:
-                width, height = im.size
-                if width * height > max_pixels:
-                    raise DataError(
-                        f"{name}: declares {width}x{height} = {width * height:,} pixels, over the limit of "
-                        f"{max_pixels:,}; shrink the image first (this also stops decompression bombs)"
-                    )
-                if min(width, height) < min_side:
-                    raise DataError(
-                        f"{name}: {width}x{height} pixels is too small to predict on (under {min_side} px on a "
-                        f"side); give a larger image"
-                    )
-                if getattr(im, "n_frames", 1) > 1:
-                    notes.append(f"used the first of {im.n_frames} frames")
-                im.load()  # decode everything now so a truncated file fails here
-                orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
-                im = ImageOps.exif_transpose(im)
+            with Image.open(source, formats=formats) as opened:
+                im, notes = _decode(opened, name, mode, max_pixels, min_side, max_side)
     except UnidentifiedImageError as e:
-        raise NotAnImageError(f"{name}: not a readable image (no image format cnnlab reads); give a JPEG or PNG") from e
+        allowed = ", ".join(formats)
+        raise NotAnImageError(
+            f"{name}: not a readable image (cnnlab reads only {allowed}); give an image in one of those formats"
+        ) from e
     except Image.DecompressionBombError as e:
         raise DataError(
             f"{name}: refused as a possible decompression bomb ({_one_line(e)}); shrink the image first"
         ) from e
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
+    # PIL reports some malformed files with other errors still (found by fuzzing): TypeError for a TIFF
+    # frame without dimensions, struct.error for a GIF cut inside a frame header.
+    except (OSError, SyntaxError, ValueError, EOFError, TypeError, struct.error) as e:
         raise DataError(f"{name}: not a readable image ({_one_line(e)}); give a complete JPEG or PNG") from e
-    if orientation in range(2, 9):
-        notes.append(f"rotated per EXIF orientation {orientation}")
-    im = _convert(im, mode, notes)
     pixels = np.array(im)
     # numpy makes the channels-first copy: torch's threaded copy of one small image is ~80x slower
     # when another process keeps the cores busy (8 ms against 0.1 ms on a shared 2-core machine).
@@ -92,25 +106,107 @@ def read_photo(
     return torch.from_numpy(pixels), notes
 
 
-def _convert(im: Image.Image, mode: str, notes: list[str]) -> Image.Image:
-    source = im.mode
-    if source == mode:
+def shrink(pixels: Tensor, max_side: int) -> Tensor:
+    """uint8 (C, H, W), C = 1 or 3, shrunk by area averaging to at most `max_side` on the longer side.
+
+    PIL does it on the 8-bit pixels: a float copy of a 40-megapixel image alone would take 160 MB per channel.
+    """
+    _, height, width = pixels.shape
+    size = _fit(width, height, max_side)
+    if size == (width, height):
+        return pixels
+    im = Image.fromarray(pixels[0].numpy() if len(pixels) == 1 else pixels.permute(1, 2, 0).numpy())
+    small = np.array(im.resize(size, Image.Resampling.BOX))
+    return torch.from_numpy(small[None] if small.ndim == 2 else np.ascontiguousarray(small.transpose(2, 0, 1)))
+
+
+def _decode(
+    im: Image.Image, name: str, mode: str, max_pixels: int, min_side: int, max_side: int | None
+) -> tuple[Image.Image, list[str]]:
+    """The opened `im` decoded, shrunk, upright and in `mode`, with notes on what was done."""
+    _check_header(im, name, max_pixels, min_side)
+    notes = [f"used the first of {im.n_frames} frames"] if getattr(im, "n_frames", 1) > 1 else []
+    width, height = im.size
+    target = _fit(width, height, max_side)
+    if target != (width, height):
+        # JPEG: libjpeg decodes straight to 1/2, 1/4 or 1/8 size, never holding the full image.
+        # Other formats ignore the draft and are shrunk once decoded.
+        im.draft(None, target)
+    im.load()  # decode everything now so a truncated file fails here
+    orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
+    source, transparent = im.mode, "transparency" in im.info
+    if target != (width, height):
+        scale = round(width / im.width)
+        if im.size != target:
+            # BOX is exact area averaging, as torch's "area" mode that the models' inputs are resized with.
+            im = _resizable(im, mode, transparent).resize(target, Image.Resampling.BOX)
+        how = f" (decoded at 1/{scale} scale)" if scale > 1 else ""
+        notes.append(f"downscaled {width}x{height} to {target[0]}x{target[1]}{how}")
+    if orientation in _TRANSPOSE:
+        im = im.transpose(_TRANSPOSE[orientation])
+        notes.append(f"rotated per EXIF orientation {orientation}")
+    return _convert(im, mode, notes, source, transparent), notes
+
+
+def _check_header(im: Image.Image, name: str, max_pixels: int, min_side: int) -> None:
+    width, height = im.size
+    if width * height > max_pixels:
+        raise DataError(
+            f"{name}: declares {width}x{height} = {width * height:,} pixels, over the limit of "
+            f"{max_pixels:,}; shrink the image first (this also stops decompression bombs)"
+        )
+    if min(width, height) < min_side:
+        raise DataError(
+            f"{name}: {width}x{height} pixels is too small to predict on (under {min_side} px on a side); "
+            "give a larger image"
+        )
+    if max(width, height) > MAX_ASPECT * min(width, height):
+        raise DataError(
+            f"{name}: {width}x{height} pixels is a strip longer than {MAX_ASPECT}:1; crop it to the part to predict on"
+        )
+
+
+def _fit(width: int, height: int, max_side: int | None) -> tuple[int, int]:
+    """The size of width x height shrunk to at most `max_side` on the longer side, aspect kept."""
+    if max_side is None or max(width, height) <= max_side:
+        return width, height
+    scale = max_side / max(width, height)
+    return max(1, min(max_side, round(width * scale))), max(1, min(max_side, round(height * scale)))
+
+
+def _resizable(im: Image.Image, mode: str, transparent: bool) -> Image.Image:
+    """`im` in a mode whose values may be averaged (palette indices and 16-bit greys may not), on the way to `mode`."""
+    if im.mode == "1":
+        return im.convert("L")
+    if im.mode == "PA" or (im.mode == "P" and transparent):
+        return im.convert("RGBA")  # keeps a transparent palette entry transparent, for compositing on white
+    if im.mode == "P":
+        return im.convert(mode)  # what _convert does anyway, and 1 byte a pixel for "L" instead of 4
+    if im.mode in _SIXTEEN_BIT_GREY:
+        return im.convert("I")
+    return im
+
+
+def _convert(im: Image.Image, mode: str, notes: list[str], source: str, transparent: bool) -> Image.Image:
+    """`im` in `mode`; `source` and `transparent` describe the decoded image, which `_resizable` may have changed."""
+    if source == mode and im.mode == mode:
         return im
     detail = ""
-    if source in _SIXTEEN_BIT_GREY:
+    if im.mode in _SIXTEEN_BIT_GREY:
         # Scale 0..65535 to 0..255 with rounding; PIL's own convert("L") would clip instead.
-        wide = np.asarray(im).astype(np.int64)
-        im = Image.fromarray(((np.clip(wide, 0, 65535) + 128) // 257).astype(np.uint8), "L")
-        source_name = "16-bit grey"
-    else:
-        source_name = _SOURCE_NAMES.get(source, source)
-        if source in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in im.info:
-            # Transparent areas would otherwise come out as whatever colour the encoder left there.
-            rgba = im.convert("RGBA")
-            im = Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), rgba)
-            detail = " (alpha composited on white)"
+        wide = np.clip(np.asarray(im), 0, 65535).astype(np.int32)  # int32, not int64: half the memory
+        wide += 128
+        wide //= 257
+        im = Image.fromarray(wide.astype(np.uint8), "L")
+    elif source in ("RGBA", "RGBa", "LA", "La", "PA") or transparent:
+        # Transparent areas would otherwise come out as whatever colour the encoder left there.
+        rgba = im.convert("RGBA")
+        im = Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), rgba)
+        detail = " (alpha composited on white)"
     im = im.convert(mode)
-    notes.append(f"converted from {source_name} to {mode}{detail}")
+    if source != mode:
+        source_name = "16-bit grey" if source in _SIXTEEN_BIT_GREY else _SOURCE_NAMES.get(source, source)
+        notes.append(f"converted from {source_name} to {mode}{detail}")
     return im
 
 
