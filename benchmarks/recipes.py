@@ -21,7 +21,7 @@ from pathlib import Path
 
 from common import machine, write_block
 
-from cnnlab import engine
+from cnnlab import engine, runs
 from cnnlab.config import load_config
 
 
@@ -45,14 +45,14 @@ def _fmt(metric: str, value: float) -> str:
 
 
 def row(run: Path) -> str:
-    cfg = engine.load_run_config(run)
+    cfg = runs.load_run_config(run)
     target = TARGETS[(cfg.task, cfg.recipe)]
-    epochs = [r for r in engine.read_history(run) if r["kind"] == "epoch"]
+    epochs = [r for r in runs.read_history(run) if r["kind"] == "epoch"]
     env = json.loads((run / "environment.json").read_text())
     wall = epochs[-1]["time_s"]
     best = max(epochs, key=lambda r: r[f"val_{target.metric}"])
     result = json.loads((run / f"eval_{target.split}.json").read_text())[target.metric]
-    val, test = engine.read_eval(run, "val") or {}, engine.read_eval(run, "test") or {}
+    val, test = runs.read_eval(run, "val") or {}, runs.read_eval(run, "test") or {}
     met = result >= target.bound and wall <= target.seconds
     return (
         f"| {cfg.task} {cfg.recipe} | `cnnlab {cfg.task} train --recipe {cfg.recipe}` | {env['precision']}, "
@@ -72,10 +72,10 @@ def main() -> None:
     ap.add_argument("--no-write", action="store_true", help="print only, do not update BENCHMARKS.md")
     args = ap.parse_args()
 
-    runs = args.runs
-    if not runs:
+    folders = args.runs
+    if not folders:
         stamp = date.today().isoformat()
-        runs = [
+        folders = [
             engine.train(load_config(task, recipe), args.out / f"{task}-{recipe}-{stamp}").run_dir
             for task, recipe in TARGETS
         ]
@@ -86,7 +86,7 @@ def main() -> None:
         "| recipe | command | precision, threads | training wall time | best per-epoch val (epoch) "
         "| val, final evaluation | test | target | met |",
         "|---|---|---|---|---|---|---|---|---|",
-        *(row(Path(r)) for r in runs),
+        *(row(Path(r)) for r in folders),
     ]
     table = "\n".join(lines)
     print(table)

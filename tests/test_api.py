@@ -58,6 +58,8 @@ def test_shipped_names_work_in_the_api_as_in_the_cli(garment, tmp_path, monkeypa
     [result] = cnnlab.predict("fashion", [garment], top=2)
     assert result["file"] == str(garment) and len(result["top"]) == 2
     assert abs(sum(p for _, p in result["top"])) <= 1 + 1e-6
+    with pytest.raises(cnnlab.errors.ConfigError, match="fashion predictions write no files"):
+        cnnlab.predict("fashion", [garment], out=tmp_path)
     model, cfg = cnnlab.load_model("fashion")
     assert cfg.task == "fashion" and not model.training
     photo = tmp_path / "street.jpg"

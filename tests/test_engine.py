@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from cnnlab import checkpoint, engine
+from cnnlab import checkpoint, engine, evaluation, optim, runs, runtime
 from cnnlab.config import load_config
 from cnnlab.errors import CheckpointError, TrainingError
 from cnnlab.tasks.fashion import FashionTask
@@ -25,14 +25,14 @@ def _cfg(data_dir, *extra):
 
 
 def _rows(run_dir):
-    rows = engine.read_history(run_dir)
+    rows = runs.read_history(run_dir)
     for r in rows:
         r.pop("time_s", None)
     return rows
 
 
 def _weights(run_dir, which="last"):
-    path = engine.RunPaths(run_dir).last if which == "last" else engine.RunPaths(run_dir).best
+    path = runs.RunPaths(run_dir).last if which == "last" else runs.RunPaths(run_dir).best
     return checkpoint.load(path)["model"]
 
 
@@ -120,10 +120,10 @@ def test_existing_run_folder_is_not_overwritten(tiny_fashion, tmp_path):
 
 def test_lr_schedules():
     cfg = load_config("fashion", "seed-a", ["optim.schedule=onecycle", "optim.warmup_fraction=0.1"])
-    lrs = [engine.lr_at(cfg, s, 100) for s in range(100)]
+    lrs = [optim.lr_at(cfg, s, 100) for s in range(100)]
     assert lrs[9] == pytest.approx(1e-3) and lrs[0] == pytest.approx(1e-4) and lrs[-1] < 2e-5
     cfg = load_config("fashion", "seed-a", ["optim.schedule=cosine"])
-    assert engine.lr_at(cfg, 0, 100) == pytest.approx(1e-3) and engine.lr_at(cfg, 50, 100) == pytest.approx(5e-4)
+    assert optim.lr_at(cfg, 0, 100) == pytest.approx(1e-3) and optim.lr_at(cfg, 50, 100) == pytest.approx(5e-4)
 
 
 def test_tensorboard_scalars_have_no_duplicates_across_a_resume(tiny_fashion, tmp_path):
@@ -142,9 +142,9 @@ def test_tensorboard_scalars_have_no_duplicates_across_a_resume(tiny_fashion, tm
 
 def test_shift_moves_pixels_and_fills_zeros():
     x = torch.arange(1, 10, dtype=torch.uint8).view(1, 3, 3)
-    assert engine.shift(x, 0, 1).tolist() == [[[0, 1, 2], [0, 4, 5], [0, 7, 8]]]
-    assert engine.shift(x, -1, 0).tolist() == [[[4, 5, 6], [7, 8, 9], [0, 0, 0]]]
-    assert torch.equal(engine.shift(x, 0, 0), x)
+    assert evaluation.shift(x, 0, 1).tolist() == [[[0, 1, 2], [0, 4, 5], [0, 7, 8]]]
+    assert evaluation.shift(x, -1, 0).tolist() == [[[4, 5, 6], [7, 8, 9], [0, 0, 0]]]
+    assert torch.equal(evaluation.shift(x, 0, 0), x)
 
 
 def test_test_time_views_are_averaged():
@@ -152,10 +152,10 @@ def test_test_time_views_are_averaged():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 10))
     x = torch.randint(0, 256, (3, 1, 4, 4), dtype=torch.uint8)
-    task, rt = FashionTask(), engine.Runtime(torch.device("cpu"), bf16=False, channels_last=False, threads=1)
-    views = [engine.shift(x, dy, dx) for dy, dx in ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))]
+    task, rt = FashionTask(), runtime.Runtime(torch.device("cpu"), bf16=False, channels_last=False, threads=1)
+    views = [evaluation.shift(x, dy, dx) for dy, dx in ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))]
     views += [v.flip(-1) for v in views]
     with torch.no_grad():
         expected = torch.stack([model(task.eval_inputs(v)).softmax(1) for v in views]).mean(0)
-    got = engine.predict(model, task, x, rt, batch_size=2, tta_flip=True, tta_shift=1)
+    got = evaluation.predict(model, task, x, rt, batch_size=2, tta_flip=True, tta_shift=1)
     assert torch.allclose(got, expected, atol=1e-6)

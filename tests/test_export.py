@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cnnlab import checkpoint, engine, export
+from cnnlab import checkpoint, engine, export, runs
 from cnnlab.config import dump_config, load_config
 from cnnlab.data import fashion
 from cnnlab.errors import CheckpointError
@@ -69,7 +69,7 @@ def test_fashion_export_from_the_command_line_matches_pytorch(fashion_run, real_
     meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
     task = get_task("fashion")
     assert (meta["task"], json.loads(meta["classes"])) == ("fashion", list(task.classes))
-    model, _ = engine.load_model(fashion_run)
+    model, _ = runs.load_model(fashion_run)
     test = fashion.read_split(real_fashion, "t10k")
     for start, n in ((0, 1), (100, 37)):
         x_u8 = test.x[start : start + n]
@@ -86,7 +86,7 @@ def test_facade_export_matches_pytorch_on_real_photos(facade_run, real_facade, t
     photos = torch.stack(
         [torch.from_numpy(np.array(Image.open(real_facade / f"eecs442_{i:04d}.jpg"))) for i in (0, 7, 300)]
     ).permute(0, 3, 1, 2)
-    model, _ = engine.load_model(facade_run)
+    model, _ = runs.load_model(facade_run)
     task = get_task("facade")
     for n in (1, 3):
         for top, left, height, width in ((0, 0, 256, 256), (30, 11, 100, 172)):  # 100 is no multiple of 8

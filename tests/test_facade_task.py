@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from conftest import make_facade_dir
 from PIL import Image
 
-from cnnlab import engine
+from cnnlab import checkpoint, engine, evaluation, runs, runtime
 from cnnlab.config import load_config
 from cnnlab.tasks.facade import FacadeTask, per_image_iou
 
@@ -67,9 +67,11 @@ class _SizeLogits(torch.nn.Module):
 
 
 def test_resized_test_time_views_are_averaged_at_the_input_size():
-    rt = engine.Runtime(torch.device("cpu"), bf16=False, channels_last=False, threads=1)
+    rt = runtime.Runtime(torch.device("cpu"), bf16=False, channels_last=False, threads=1)
     x = torch.randint(0, 256, (3, 3, 8, 12), dtype=torch.uint8)
-    got = engine.predict(_SizeLogits(), FacadeTask(), x, rt, batch_size=2, tta_flip=True, tta_scales=(0.5, 1.0, 1.5))
+    got = evaluation.predict(
+        _SizeLogits(), FacadeTask(), x, rt, batch_size=2, tta_flip=True, tta_scales=(0.5, 1.0, 1.5)
+    )
     # Views 4, 8 and 12 px high: logits 0.5, 1 and 1.5 for class 0.
     p0 = sum(torch.sigmoid(torch.tensor(v)) for v in (0.5, 1.0, 1.5)) / 3
     assert got.shape == (3, 2, 8, 12)
@@ -81,7 +83,7 @@ def test_train_resume_evaluate_and_figures(tiny_facade, tmp_path):
     full = engine.train(_cfg(tiny_facade), tmp_path / "full", progress=False)
     part = engine.train(_cfg(tiny_facade), tmp_path / "part", progress=False, max_steps=3)
     done = engine.train(None, part.run_dir, resume=True, progress=False, finish=False)
-    a, b = (engine.checkpoint.load(engine.RunPaths(r.run_dir).last)["model"] for r in (full, done))
+    a, b = (checkpoint.load(runs.RunPaths(r.run_dir).last)["model"] for r in (full, done))
     assert all(torch.equal(a[k], b[k]) for k in a)
     ev = json.loads((full.run_dir / "eval_test.json").read_text())
     assert ev["n"] == 3 and len(ev["ap"]) == 5 and len(ev["iou"]) == 5 and 0 <= ev["map"] <= 1
@@ -98,7 +100,7 @@ def test_train_resume_evaluate_and_figures(tiny_facade, tmp_path):
     ):
         assert (full.run_dir / "figures" / f"{fig}.png").stat().st_size > 1000, fig
     other = make_facade_dir(tmp_path / "other", n=5, size=48)
-    out = engine.evaluate(full.run_dir, external=other)
+    out = evaluation.evaluate(full.run_dir, external=other)
     assert out["split"] == "external" and out["n"] == 5
 
 

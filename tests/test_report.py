@@ -12,10 +12,11 @@ import pytest
 from conftest import synthetic_facade
 from PIL import Image
 
-from cnnlab import engine
+from cnnlab import engine, runs
 from cnnlab.config import load_config
 from cnnlab.errors import CheckpointError, ConfigError
-from cnnlab.report.html import find_runs, write_compare, write_report
+from cnnlab.report.compare import find_runs, write_compare
+from cnnlab.report.run_page import write_report
 from cnnlab.segment import segment_files
 from cnnlab.tasks import get_task
 
@@ -62,7 +63,7 @@ def facade_run(tiny_facade, tmp_path_factory) -> Path:
     run = engine.train(_facade_cfg(tiny_facade), tmp_path_factory.mktemp("facade") / "run", progress=False).run_dir
     photo = run.parent / "street.jpg"
     Image.fromarray(synthetic_facade(80, 7)[0]).save(photo)
-    model, _ = engine.load_model(run)
+    model, _ = runs.load_model(run)
     segment_files(model, get_task("facade"), [photo], run / "predictions")
     write_report(run)
     return run
@@ -123,7 +124,7 @@ def test_fashion_report_holds_the_test_numbers_and_every_figure(fashion_run):
     for png in pngs:
         assert f'id="fig-{png.stem}"' in page_text, png.name
         assert base64.b64encode(png.read_bytes()).decode() in page_text, f"{png.name} not embedded as is"
-    last = engine.read_history(fashion_run)[-1]
+    last = runs.read_history(fashion_run)[-1]
     env = dict(page.tables["environment-table"])
     assert env["wall time"] == f"{last['time_s']:.1f} s"  # a tiny run takes a few seconds
     assert 'id="partial-banner"' not in page_text
@@ -180,19 +181,19 @@ def test_broken_figure_is_one_line_error_and_keeps_the_old_report(fashion_run, t
 
 
 def test_compare_lists_each_run_and_the_settings_that_differ(sweep, tmp_path):
-    runs = find_runs([sweep])
-    assert [r.name for r in runs] == ["leaky_relu", "relu", "seed1"]
+    found = find_runs([sweep])
+    assert [r.name for r in found] == ["leaky_relu", "relu", "seed1"]
     assert find_runs([sweep / "relu", sweep]) == [sweep / "relu", sweep / "leaky_relu", sweep / "seed1"]
     out = write_compare([sweep], tmp_path / "compare.html")
     page_text = out.read_text()
     rows = _Page(page_text).tables["compare-table"]
     assert [r[0] for r in rows[1:]] == ["leaky_relu", "relu", "seed1"]
     assert "activation" in rows[0] and "train.seed" in rows[0] and "lr" not in rows[0]  # only what differs
-    for row, run in zip(rows[1:], runs, strict=True):
-        epochs = [r for r in engine.read_history(run) if r["kind"] == "epoch"]
+    for row, run in zip(rows[1:], found, strict=True):
+        epochs = [r for r in runs.read_history(run) if r["kind"] == "epoch"]
         best = max(epochs, key=lambda r: r["val_acc"])
         assert row[rows[0].index("best val accuracy")] == f"{best['val_acc']:.2%}"
-        test = engine.read_eval(run, "test")
+        test = runs.read_eval(run, "test")
         assert row[rows[0].index("test accuracy")] == (f"{test['acc']:.2%}" if test else "n/a")
     assert page_text.count("data:image/png;base64,") == 1  # the overlaid curves
     assert not list(tmp_path.glob(".compare.html.*"))

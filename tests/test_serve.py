@@ -28,6 +28,7 @@ from cnnlab.config import load_config
 from cnnlab.data import fashion
 from cnnlab.data.images import load_photo
 from cnnlab.predictions import classify
+from cnnlab.runs import load_model
 from cnnlab.segment import segment_photo
 from cnnlab.serve import Limits, create_app
 from cnnlab.tasks import get_task
@@ -137,7 +138,7 @@ def test_facade_segments_a_real_photo_as_the_cli_does(client, runs, facade_photo
     assert counted.tolist() == pytest.approx(list(d["areas"].values()))
     overlay = _from_data_uri(d["overlay_png"])
     assert overlay.mode == "RGB" and overlay.size == labels.size
-    model, _ = engine.load_model(runs["facade"])
+    model, _ = load_model(runs["facade"])
     with torch.inference_mode():
         expected = segment_photo(model, get_task("facade"), img, [])
     assert (np.asarray(labels) == expected.labels.numpy()).mean() > 0.999
@@ -151,7 +152,7 @@ def test_fashion_classifies_a_real_test_image_as_the_cli_does(client, runs, garm
     assert d["notes"] == []  # a Fashion-MNIST image is used as it is
     probabilities = [g["probability"] for g in d["top"]]
     assert len(d["top"]) == 3 and probabilities == sorted(probabilities, reverse=True) and sum(probabilities) <= 1
-    model, _ = engine.load_model(runs["fashion"])
+    model, _ = load_model(runs["fashion"])
     expected = classify(model, get_task("fashion"), x)
     assert [g["class"] for g in d["top"]] == [c for c, _ in expected]
     assert probabilities == pytest.approx([p for _, p in expected], abs=1e-5)

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from . import engine
+from . import engine, evaluation, runs
 from .checkpoint import atomic_write
 from .config import Override, RunConfig, load_config
 from .engine import TrainResult
@@ -94,7 +94,7 @@ def evaluate(
             f"{run_dir} is a shipped model: its validation and test metrics are on its card (`cnnlab models`); "
             "evaluate takes a run folder"
         )
-    return engine.evaluate(
+    return evaluation.evaluate(
         Path(run_dir),
         split=split,
         which=which,
@@ -126,7 +126,7 @@ def load_model(model: str | Path, which: str = "best", device: str = "cpu") -> t
     configuration. It takes normalised float NCHW input (see `cnnlab export`) and returns logits."""
     from .pretrained import resolve_any
 
-    return engine.load_model(resolve_any(model), which, device)
+    return runs.load_model(resolve_any(model), which, device)
 
 
 def sweep_activations(
@@ -141,7 +141,7 @@ def sweep_activations(
     from .report.figures import plot_sweep, write_json
 
     base = resolve_config("fashion", recipe, overrides, **shortcuts)
-    out = Path(out) if out else engine.default_run_dir(base).with_name(f"sweep-activations-{base.recipe}")
+    out = Path(out) if out else runs.default_run_dir(base).with_name(f"sweep-activations-{base.recipe}")
     check_dir(out, "--out")
     results: dict[str, dict] = {}
     for act in ("relu", "leaky_relu", "sigmoid"):
@@ -149,7 +149,7 @@ def sweep_activations(
         cfg.model.activation = act
         res = engine.train(cfg, out / act, progress=progress)
         hist = [r for r in res.history if r["kind"] == "epoch"]
-        test = engine.read_eval(out / act, "test")
+        test = runs.read_eval(out / act, "test")
         results[act] = {
             "best_val_acc": res.best,
             "final_val_acc": hist[-1]["val_acc"],
@@ -163,5 +163,5 @@ def sweep_activations(
         for a, r in results.items()
     ]
     atomic_write(out / "sweep.md", lambda tmp: tmp.write_text("\n".join(lines) + "\n"))
-    plot_sweep({a: engine.read_history(out / a) for a in results}, out / "sweep")
+    plot_sweep({a: runs.read_history(out / a) for a in results}, out / "sweep")
     return results

@@ -6,10 +6,11 @@ import os
 import sys
 import warnings
 from pathlib import Path
+from typing import Literal
 
 import typer
 
-from . import api, engine
+from . import api, engine, runs
 from .config import recipe_names
 from .errors import CnnlabError
 from .outputs import check_file
@@ -92,18 +93,14 @@ def _task_app(task: str, title: str) -> typer.Typer:
     @sub.command()
     def evaluate(
         run: Path = typer.Argument(..., help="Run folder."),
-        split: str = typer.Option("test", help="Split to evaluate: test or val."),
-        checkpoint: str = typer.Option("best", help="best (by validation) or last."),
+        split: Literal["test", "val"] = typer.Option("test", help="Split to evaluate."),
+        checkpoint: Literal["best", "last"] = typer.Option("best", help="best (by validation) or last."),
         data_dir: str | None = typer.Option(None, help="Where the run's dataset is now, if it moved."),
         data: Path | None = typer.Option(None, help="Evaluate on another labelled folder instead (facades)."),
     ) -> None:
         """Evaluate a run's checkpoint; writes eval_<split>.json and the split's figures into the run."""
-        if checkpoint not in ("best", "last"):
-            raise CnnlabError(f"--checkpoint {checkpoint}: choose best or last")
-        if split not in ("test", "val"):
-            raise CnnlabError(f"--split {split}: choose test or val")
         m = api.evaluate(run, split=split, which=checkpoint, data_dir=data_dir, external=data)
-        summary = get_task(engine.load_run_config(run).task).summary_line(m)
+        summary = get_task(runs.load_run_config(run).task).summary_line(m)
         typer.echo(f"{m['split']} ({checkpoint} checkpoint, {m['n']} images): {summary}")
 
     return sub
@@ -189,7 +186,8 @@ def report(
     out: Path | None = typer.Option(None, "-o", "--out", help="Where the compare page goes (default: compare.html)."),
 ) -> None:
     """Write RUN/report.html (self-contained: open it offline or copy it anywhere), or a comparison page."""
-    from .report.html import find_runs, write_compare, write_report
+    from .report.compare import find_runs, write_compare
+    from .report.run_page import write_report
 
     if compare:
         out = check_file(out or Path("compare.html"), "--out", "compare.html")
@@ -291,7 +289,7 @@ def main() -> None:
     except typer.TyperException as e:  # a usage error from the click that typer carries inside
         ctx = getattr(e, "ctx", None)
         command = ctx.command_path if ctx else "cnnlab"
-        message = " ".join(e.format_message().split()).rstrip(".")
+        message = " ".join(e.format_message().replace("Value error, ", "").split()).rstrip(".")
         typer.echo(f"cnnlab: error: {message}; see `{command} --help`", err=True)
         sys.exit(2)
     except CnnlabError as e:

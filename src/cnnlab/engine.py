@@ -1,4 +1,4 @@
-"""The training loop shared by every task: batches by index, checkpoints, resume, logging, evaluation.
+"""The training loop shared by every task: batches by index, checkpoints, resume, logging.
 
 Reproducibility by construction: the data order of an epoch and every random draw of a step come from
 generators seeded with (seed, epoch) and (seed, step), and the learning rate is a pure function of the
@@ -10,192 +10,33 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import itertools
-import json
 import math
-import os
-import platform
 import shutil
 import signal
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch.nn.parallel import DistributedDataParallel
 
-from . import __version__, checkpoint, distributed
-from .config import RunConfig, config_from_dict, dump_config, yaml_problem
+from . import checkpoint, distributed
+from .config import RunConfig, dump_config
 from .errors import CheckpointError, ConfigError, DataError, TrainingError
+from .evaluation import check_input_size, evaluate, evaluate_split
+from .optim import lr_at, make_optimizer, match_state_layout
 from .outputs import check_dir
 from .report.figures import write_json
-from .report.html import write_report
-from .tasks import Batchable, Task, get_task
+from .report.run_page import write_report
+from .runs import MetricsLog, RunPaths, default_run_dir, load_run_config, load_weights, read_history
+from .runtime import environment, make_runtime
+from .tasks import get_task
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
-_DEFAULT_THREADS = torch.get_num_threads()  # one per physical core: what torch picks, before any run changes it
-
-
-@dataclass
-class RunPaths:
-    """Everything a run writes lives under one folder."""
-
-    root: Path
-
-    config = property(lambda self: self.root / "config.yaml")
-    metrics = property(lambda self: self.root / "metrics.jsonl")
-    env = property(lambda self: self.root / "environment.json")
-    last = property(lambda self: self.root / "checkpoints" / "last.safetensors")
-    best = property(lambda self: self.root / "checkpoints" / "best.safetensors")
-    figures = property(lambda self: self.root / "figures")
-
-
-def default_run_dir(cfg: RunConfig, base: Path = Path("runs")) -> Path:
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return base / f"{cfg.task}-{cfg.recipe}-{stamp}"
-
-
-def load_run_config(run_dir: Path) -> RunConfig:
-    """The resolved configuration a run folder was trained with; CheckpointError if it is missing or damaged."""
-    import yaml
-
-    path = RunPaths(Path(run_dir)).config
-    if not path.is_file():
-        raise CheckpointError(f"{run_dir}: not a cnnlab run folder (no config.yaml)")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise CheckpointError(
-            f"{path}: the run's configuration is damaged ({yaml_problem(e)}); restore the file as training wrote it"
-        ) from None
-    return config_from_dict(data, str(path))
-
-
-def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], source: Path, cfg: RunConfig) -> None:
-    """Load `weights` into `model`; CheckpointError naming the first mismatch if they do not fit it
-    (a run folder whose config.yaml was edited after training)."""
-    expected = model.state_dict()
-    problems = [f"{k} is missing" for k in expected if k not in weights]
-    problems += [f"{k} is not in model {cfg.model.name}" for k in weights if k not in expected]
-    problems += [
-        f"{k} is {'x'.join(map(str, v.shape))}, model {cfg.model.name} needs {'x'.join(map(str, expected[k].shape))}"
-        for k, v in weights.items()
-        if k in expected and v.shape != expected[k].shape
-    ]
-    if problems:
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise CheckpointError(
-            f"{source}: the weights do not fit the run's config.yaml ({problems[0]}{more}); config.yaml was changed "
-            "after training: restore it"
-        )
-    model.load_state_dict(weights)
-
-
-# ---------------------------------------------------------------- runtime choices
-
-
-@dataclass
-class Runtime:
-    device: torch.device
-    bf16: bool
-    channels_last: bool
-    threads: int
-
-    def autocast(self):
-        if not self.bf16:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=torch.bfloat16)
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "device": str(self.device),
-            "precision": "bf16-autocast" if self.bf16 else "fp32",
-            "channels_last": self.channels_last,
-            "threads": self.threads,
-        }
-
-
-def _bf16_fast(device: torch.device) -> bool:
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    # Without native bf16 (AMX / AVX512-BF16) autocast emulates it and is slower than fp32.
-    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-
-
-def make_runtime(cfg: RunConfig, device: str = "cpu", local_rank: int = 0) -> Runtime:
-    if device == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError("--device cuda: no CUDA GPU is visible to PyTorch here; use --device cpu")
-        device = f"cuda:{local_rank}"
-        torch.cuda.set_device(device)
-    dev = torch.device(device)
-    torch.set_num_threads(cfg.train.threads or _DEFAULT_THREADS)
-    if cfg.train.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        # Deterministic mode also fills every new tensor with NaN to expose reads of uninitialised
-        # memory, a debugging aid that took 11% of a ResNet training step here; results are the same
-        # without it.
-        torch.utils.deterministic.fill_uninitialized_memory = False
-    bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and _bf16_fast(dev))
-    # Measured on the 2-core CPU: channels_last speeds every conv net here 1.3-2.5x (BENCHMARKS.md).
-    cl = True if cfg.train.channels_last is None else cfg.train.channels_last
-    return Runtime(dev, bf16, cl, torch.get_num_threads())
-
-
-def environment(rt: Runtime) -> dict[str, Any]:
-    return {
-        "cnnlab": __version__,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        **rt.describe(),
-    }
-
-
-# ---------------------------------------------------------------- schedule and optimiser
-
-
-def lr_at(cfg: RunConfig, step: int, total: int) -> float:
-    o = cfg.optim
-    warm = int(o.warmup_fraction * total)
-    if step < warm:
-        return o.lr * (step + 1) / warm
-    if o.schedule == "constant":
-        return o.lr
-    t = (step - warm) / max(1, total - warm)
-    if o.schedule == "cosine":
-        return o.lr * 0.5 * (1 + math.cos(math.pi * t))
-    return o.lr * max(0.0, 1 - t) + o.lr * 1e-3 * min(1.0, t)  # onecycle: linear anneal after warm-up
-
-
-def make_optimizer(cfg: RunConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
-    o = cfg.optim
-    # The fused kernels update every parameter in one call. Measured on seed-a, the default per-parameter
-    # loop cost about 5% of a training step on a quiet machine and about 25% on a busy one.
-    if o.name == "sgd":
-        return torch.optim.SGD(
-            model.parameters(), lr=o.lr, momentum=o.momentum, nesterov=True, weight_decay=o.weight_decay, fused=True
-        )
-    opt = torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam
-    return opt(model.parameters(), lr=o.lr, weight_decay=o.weight_decay, fused=True)
-
-
-def _match_state_layout(opt: torch.optim.Optimizer) -> None:
-    """Give loaded optimizer state its parameter's memory layout again. Checkpoints store tensors
-    contiguous, but the fused kernels walk a parameter and its state in memory order: a channels-last
-    weight beside a contiguous moment would pair the wrong elements."""
-    for p, state in opt.state.items():
-        for key, value in state.items():
-            if isinstance(value, torch.Tensor) and value.shape == p.shape:
-                state[key] = torch.empty_like(p).copy_(value)
 
 
 def _generator(*parts: int) -> torch.Generator:
@@ -207,125 +48,6 @@ def _generator(*parts: int) -> torch.Generator:
 
 def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
     return torch.randperm(n, generator=_generator(seed, 1, epoch))
-
-
-# ---------------------------------------------------------------- metrics log
-
-
-class MetricsLog:
-    """Append-only JSONL; `offset()` is stored in checkpoints so a resume can cut off rows past them."""
-
-    def __init__(self, path: Path, truncate_at: int | None = None):
-        self.path = path
-        if truncate_at is not None and path.exists():
-            with open(path, "r+b") as f:
-                f.truncate(truncate_at)
-        self.f = open(path, "a", buffering=1 << 16)  # noqa: SIM115 (held open for the whole run)
-
-    def write(self, row: dict[str, Any]) -> None:
-        self.f.write(json.dumps(row, separators=(",", ":")) + "\n")
-
-    def offset(self) -> int:
-        self.f.flush()
-        os.fsync(self.f.fileno())
-        return self.f.tell()
-
-    def close(self) -> None:
-        self.f.close()
-
-
-def read_history(run_dir: Path) -> list[dict[str, Any]]:
-    path = RunPaths(Path(run_dir)).metrics
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-# ---------------------------------------------------------------- evaluation
-
-
-def shift(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
-    """Translate the last two dims by (dy, dx) pixels (down, right), filling with zeros."""
-    if not (dy or dx):
-        return x
-    h, w = x.shape[-2:]
-    padded = torch.nn.functional.pad(x, (max(dx, 0), max(-dx, 0), max(dy, 0), max(-dy, 0)))
-    return padded[..., max(-dy, 0) : max(-dy, 0) + h, max(-dx, 0) : max(-dx, 0) + w]
-
-
-@torch.inference_mode()
-def predict(
-    model: torch.nn.Module,
-    task: Task,
-    x_u8: torch.Tensor,
-    rt: Runtime,
-    batch_size: int,
-    tta_flip: bool = False,
-    tta_shift: int = 0,
-    tta_scales: Sequence[float] = (1.0,),
-) -> torch.Tensor:
-    """Class probabilities for uint8 inputs, in batches, as float32; averaged over the test-time views
-    (mirrored; shifted by `tta_shift` pixels up, down, left and right: classification only; resized by
-    each of `tta_scales`, the probabilities resized back: segmentation only)."""
-    model.eval()
-    check_input_size(model, x_u8.shape, tta_scales)
-    s = tta_shift
-    shifts = [(0, 0), (s, 0), (-s, 0), (0, s), (0, -s)] if s else [(0, 0)]
-    views = len(shifts) * len(tta_scales) * (1 + tta_flip)
-    out = []
-    for i in range(0, len(x_u8), batch_size):
-        p = 0
-        for (dy, dx), scale in itertools.product(shifts, tta_scales):
-            x = task.eval_inputs(shift(x_u8[i : i + batch_size], dy, dx)).to(rt.device)
-            size = x.shape[-2:]
-            if scale != 1:
-                x = F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
-            if rt.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with rt.autocast():
-                q = model(x).float().softmax(1)
-                if tta_flip:
-                    q = q + task.unflip(model(x.flip(-1)).float().softmax(1))
-            p = p + (q if scale == 1 else F.interpolate(q, size=size, mode="bilinear", align_corners=False))
-        out.append((p / views).cpu())
-    return torch.cat(out)
-
-
-def check_input_size(model: torch.nn.Module, shape: Sequence[int], scales: Sequence[float] = (1.0,)) -> None:
-    """DataError if images of `shape` (..., H, W), at any of the test-time `scales`, are smaller than
-    the smallest input `model` takes (its `min_side` attribute, 1 px if it has none)."""
-    need = getattr(model, "min_side", 1)
-    h, w = shape[-2:]
-    for scale in scales:
-        side = math.floor(min(h, w) * scale)
-        if side < need:
-            at = f" at test-time scale {scale} ({side} px)" if scale != 1 else ""
-            raise DataError(
-                f"images of {w}x{h} px{at} are too small for {type(model).__name__}, which needs at least {need} px "
-                f"on a side; use larger images" + (" or drop that factor from train.tta_scales" if at else "")
-            )
-
-
-def evaluate_split(
-    model: torch.nn.Module, task: Task, split: Batchable, rt: Runtime, cfg: RunConfig, final: bool = True
-) -> tuple[dict[str, Any], torch.Tensor]:
-    """Metrics and probabilities of `model` on a split, with the test-time views of `cfg`. `final=False`
-    leaves out the shifted and resized views: per-epoch validation, where 10 views of 6000 images would
-    cost ~10 s an epoch."""
-    probs = predict(
-        model,
-        task,
-        split.x,
-        rt,
-        cfg.train.eval_batch_size,
-        cfg.train.tta_flip,
-        cfg.train.tta_shift if final else 0,
-        cfg.train.tta_scales if final else (1.0,),
-    )
-    return task.metrics(probs, split.y, cfg), probs
-
-
-# ---------------------------------------------------------------- training
 
 
 @dataclass
@@ -462,7 +184,7 @@ class Trainer:
             saved = checkpoint.load_latest(self.paths.last)
             load_weights(self.net, saved["model"], self.paths.last, cfg)
             self.opt.load_state_dict(saved["optim"])
-            _match_state_layout(self.opt)
+            match_state_layout(self.opt)
             self.state = saved["state"]
             self.log = (
                 MetricsLog(self.paths.metrics, truncate_at=self.state["metrics_offset"]) if self.dist.main else None
@@ -758,61 +480,3 @@ def train(
             # A process group left to the interpreter's exit can abort it ("terminate called without an
             # active exception" from gloo's threads, seen in about 1 run in 15).
             distributed.shutdown()
-
-
-def load_model(run_dir: Path, which: str = "best", device: str = "cpu") -> tuple[torch.nn.Module, RunConfig]:
-    """The network of a run folder (its `which` checkpoint: best or last) in eval mode, and its configuration."""
-    if which not in ("best", "last"):
-        raise ConfigError(f"checkpoint {which!r}: choose best or last")
-    cfg = load_run_config(run_dir)
-    paths = RunPaths(Path(run_dir))
-    model = get_task(cfg.task).build_model(cfg)
-    path = paths.best if which == "best" else paths.last
-    load_weights(model, checkpoint.load_latest(path)["model"], path, cfg)
-    return model.to(device).eval(), cfg
-
-
-def read_eval(run_dir: Path, split: str) -> dict[str, Any] | None:
-    path = Path(run_dir) / f"eval_{split}.json"
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def evaluate(
-    run_dir: Path,
-    *,
-    split: str = "test",
-    which: str = "best",
-    device: str = "cpu",
-    data: dict[str, Batchable] | None = None,
-    data_dir: str | None = None,
-    external: Path | None = None,
-) -> dict[str, Any]:
-    """Evaluate a run's checkpoint on one split, write `eval_<split>.json` and that split's figures.
-
-    `data_dir` points the run's own data elsewhere; `external` evaluates on a whole other labelled
-    folder instead (split name "external"). Prints nothing: `task.summary_line` formats the result.
-    """
-    run_dir = Path(run_dir)
-    if split not in ("test", "val"):
-        raise ConfigError(f"split {split!r}: choose test or val")
-    model, cfg = load_model(run_dir, which, device)
-    task = get_task(cfg.task)
-    rt = make_runtime(cfg, device)
-    if rt.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    if data_dir is not None:
-        cfg.data.dir = str(data_dir)
-    if external is not None:
-        data, split = {"external": task.load_external(Path(external))}, "external"
-    elif data is None:
-        data = task.load_data(cfg)
-    if split not in data or not len(data[split]):
-        raise CheckpointError(f"{run_dir}: this run has no '{split}' split; choose one of {sorted(data)}")
-    try:
-        metrics, probs = evaluate_split(model, task, data[split], rt, cfg)
-    except DataError as e:
-        raise DataError(f"{external or f'{run_dir} ({split} split)'}: {e}") from None
-    out = {"split": split, "checkpoint": which, "n": len(data[split]), **metrics}
-    write_json(run_dir / f"eval_{split}.json", out)
-    task.report_split(run_dir, split, data[split], probs, metrics, model)
-    return out

@@ -19,8 +19,8 @@ import torch
 from . import __version__
 from .checkpoint import atomic_write
 from .data import fashion as fashion_data
-from .engine import load_model
 from .errors import CheckpointError
+from .runs import load_model
 from .tasks import facade as facade_task
 from .tasks import get_task
 

@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from .data.images import load_photo, shrink
-from .engine import load_model
+from .errors import ConfigError
 from .outputs import check_dir
+from .runs import load_model
 from .tasks import Task, get_task
 
 MIN_SIDE = 8  # px: below this a photo holds no garment worth guessing
@@ -66,6 +67,8 @@ def predict_files(run_dir: Path, paths: list[Path], top: int = 3, out: Path | No
         # A shipped model lives inside the installed package: its outputs go to the working folder.
         default = Path("predictions") if is_shipped(run_dir) else run_dir / "predictions"
         return segment_files(model, task, paths, check_dir(out or default, "--out"))
+    if out is not None:
+        raise ConfigError(f"out {out}: {cfg.task} predictions write no files; drop the out argument")
     results = []
     for path in paths:
         x, notes = fashion_input(path)

@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import __version__, engine
+from . import __version__, runs
 from .data.images import MAX_PIXELS, read_photo
 from .errors import CnnlabError, DataError, NotAnImageError
 from .predictions import MAX_SIDE as FASHION_MAX_SIDE
@@ -72,7 +72,7 @@ def load_served(ref: str | Path | None, task: str) -> Served:
     """A shipped model name, a run folder or None (the task's default); a missing model is an error, not a crash."""
     try:
         folder = resolve_model(ref, task)
-        model, _ = engine.load_model(folder)
+        model, _ = runs.load_model(folder)
     except CnnlabError as e:
         return Served(get_task(task), error=str(e))
     return Served(get_task(task), model, Path(folder).name)

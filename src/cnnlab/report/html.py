@@ -1,4 +1,6 @@
-"""Self-contained HTML pages: one run's report (`write_report`) and several runs side by side (`write_compare`).
+"""Building blocks of the self-contained HTML pages: styles, formatting, tables, embedded images.
+The pages are one run's report (`run_page.write_report`) and several runs side by side
+(`compare.write_compare`).
 
 Everything a page shows is inside the one file (images as base64 data URIs, inline CSS, no scripts, no
 fonts), so report.html can be copied, mailed or opened offline and still shows every figure.
@@ -7,7 +9,6 @@ fonts), so report.html can be copied, mailed or opened offline and still shows e
 from __future__ import annotations
 
 import base64
-import fnmatch
 import io
 import json
 import math
@@ -17,20 +18,15 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from matplotlib.figure import Figure
 from PIL import Image
 
-# `engine` as a module, not names from it: the engine may import this module, and attribute look-ups at
-# call time work inside such an import cycle where `from ..engine import X` would not.
-from .. import __version__, engine
+from .. import __version__, runs
 from ..checkpoint import atomic_write
-from ..errors import CheckpointError, ConfigError
-from ..tasks import get_task
+from ..errors import CheckpointError
 from ..tasks.facade import HEX as FACADE_HEX
 
 SPLITS = {"val": "validation", "test": "test", "external": "external data"}
 PHOTO_MAX_PX = 1000  # prediction overlays can be camera-sized; the page needs no more than this
-RUN_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22"]
 
 
 @dataclass(frozen=True)
@@ -50,71 +46,6 @@ VIEWS = {
 }
 
 # (figure name pattern, task or None for both, section, caption); the first match wins, {split} is filled in.
-FIGURES = [
-    ("curves", "fashion", "training", "Loss (left) and accuracy (right) during training: per batch (smoothed, "
-     "light blue), the mean of each epoch (blue) and on the validation set after each epoch (orange). Validation "
-     "loss rising while training loss falls means the net over-fits."),
-    ("curves", "facade", "training", "Loss (left) and pixel accuracy (right) during training: per batch "
-     "(smoothed, light blue), the mean of each epoch (blue) and on the validation images after each epoch "
-     "(orange); green, right axis: validation mean AP, the metric that picks the best checkpoint."),
-    ("per_class_val_acc_over_epochs", None, "training", "Validation accuracy of each class after every epoch: "
-     "which classes are learned late and which stay hard."),
-    ("ap_per_class_over_epochs", None, "training", "Validation average precision (AP) of each class after every "
-     "epoch, in the class colours (others in grey)."),
-    ("per_class_accuracy", None, "per-class", "Accuracy of each class on the validation and test sets (the "
-     "numbers of the table above)."),
-    ("ap_iou_*", None, "per-class", "Average precision and intersection over union of each class on the {split} "
-     "set (the numbers of the table above); the title gives their means."),
-    ("confusion_*", "fashion", "confusion", "Confusion matrix of the {split} set: rows are the true class, columns "
-     "the predicted one; counts (left) and each row divided by its total (right), so the diagonal is each class's "
-     "accuracy and the bright off-diagonal cells are the classes it is confused with."),
-    ("confusion_*", "facade", "confusion", "Pixel confusion matrix of the {split} set: rows are the true class of "
-     "a pixel, columns the predicted one; pixel counts (left) and rows divided by their totals (right)."),
-    ("examples_*", None, "examples", "Images of the {split} set, one row per true class: two classified correctly "
-     "(green) and two wrongly (red, with the class predicted instead), each with the predicted class's "
-     "probability."),
-    ("filters_conv1", None, "filters", "The learned kernels of the first convolution layer, one tile per filter, "
-     "each scaled to its own range (black low, white high)."),
-    ("filters_*", None, "filters", "The learned kernels of a deeper convolution layer on one shared scale (red "
-     "positive, blue negative); the axis labels give the layout."),
-    ("best_*", None, "cases", "Success cases: the {split} images with the highest mean IoU: photo, ground truth "
-     "and prediction in the class colours."),
-    ("worst_*", None, "cases", "Failure cases: the {split} images with the lowest mean IoU: photo, ground truth "
-     "and prediction in the class colours."),
-]  # fmt: skip
-
-# Figures still legible at half the page width: validation and test versions of these sit side by side.
-HALF_WIDTH = ("examples_*", "ap_iou_*", "filters_conv1")
-
-# Settings that change how fast a run goes but not what it learns: named, not given a column.
-RUNTIME_KEYS = ("train.threads", "train.eval_batch_size", "train.checkpoint_every_s")
-
-SECTIONS = {
-    "per-class": "Per-class results",
-    "training": "Training",
-    "confusion": "Confusion matrices",
-    "examples": "Examples",
-    "cases": "Success and failure cases",
-    "filters": "Learned filters",
-    "predictions": "Predictions on photos",
-    "other": "Other figures",
-    "config": "Configuration",
-    "environment": "Environment",
-}
-
-# The main settings: a comparison names their common values; any setting that differs gets a column.
-COMPARE_KEYS = {
-    "recipe": "recipe",
-    "model.name": "model",
-    "model.activation": "activation",
-    "train.epochs": "epochs",
-    "train.batch_size": "batch size",
-    "optim.name": "optimizer",
-    "optim.lr": "lr",
-    "optim.schedule": "schedule",
-    "loss.name": "loss",
-}
-
 CSS = """
 :root { --fg: #1d232b; --muted: #5d6875; --line: #d9dee4; --bg: #f5f7f9; --accent: #1f5fbf; --warn: #fff1d6; }
 * { box-sizing: border-box; }
@@ -186,7 +117,7 @@ def _eval(run_dir: Path, split: str) -> dict[str, Any] | None:
 
 def _history(run_dir: Path) -> list[dict[str, Any]]:
     """metrics.jsonl; a torn last line (a training still writing it) is left out rather than refused."""
-    path = engine.RunPaths(run_dir).metrics
+    path = runs.RunPaths(run_dir).metrics
     lines = path.read_text().splitlines() if path.is_file() else []
     rows = []
     for i, line in enumerate(lines):
@@ -344,346 +275,5 @@ def _wall_time(epochs: list[dict[str, Any]]) -> float | None:
     return _number(epochs[-1].get("time_s")) if epochs else None
 
 
-def _figure_info(name: str, task: str) -> tuple[str, str]:
-    """(section, caption) of a figure by its file name; unknown figures go to 'other' with no caption."""
-    split = name.rpartition("_")[2]
-    for pattern, only, section, caption in FIGURES:
-        if (only is None or only == task) and fnmatch.fnmatchcase(name, pattern):
-            return section, caption.format(split=SPLITS.get(split, split))
-    return "other", ""
-
-
-def _figure_order(path: Path) -> tuple[int, str]:
-    """Figures of no split first, then validation, test, external: best/worst and val/test pairs line up."""
-    split = path.stem.rpartition("_")[2]
-    return (list(SPLITS).index(split) if split in SPLITS else -1, path.stem)
-
-
-def _figures_html(paths: list[Path], task: str) -> dict[str, str]:
-    """Figure PNGs as <figure> blocks grouped by section; most get a row of their own, small ones share one."""
-    out: dict[str, str] = {}
-    for path in sorted(paths, key=_figure_order):
-        section, caption = _figure_info(path.stem, task)
-        tag, (width, _) = _png_tag(path)
-        half = width <= 560 or any(fnmatch.fnmatchcase(path.stem, p) for p in HALF_WIDTH)
-        wide = "" if half else " wide"
-        text = f"<b>{escape(path.stem)}</b>" + (f": {escape(caption)}" if caption else "")
-        out[section] = out.get(section, "") + (
-            f'<figure id="fig-{escape(path.stem)}" class="fig{wide}">{tag}<figcaption>{text}</figcaption></figure>'
-        )
-    return {s: f'<div class="figs">{h}</div>' for s, h in out.items()}
-
-
 def _class_label(name: str, view: _View, c: int) -> str:
     return (_swatch(view.colors[c]) if view.colors else "") + escape(name)
-
-
-def _per_class_table(evals: dict[str, dict[str, Any]], classes: tuple[str, ...], view: _View) -> str:
-    """Rows: classes; columns: each per-class metric on each evaluated split; foot: the means."""
-    cols = [(split, key, label, mean) for split in evals for key, label, mean in view.per_class]
-    head = "".join(f'<th class="num">{escape(SPLITS.get(s, s))} {escape(label)}</th>' for s, _, label, _ in cols)
-    rows = "".join(
-        f"<tr><td>{_class_label(name, view, c)}</td>"
-        + "".join(_num_td(evals[s][key][c], view.percent) for s, key, _, _ in cols)
-        + "</tr>"
-        for c, name in enumerate(classes)
-    )
-    foot_label = "overall accuracy" if view.percent else "mean over classes"
-    foot = "".join(_num_td(evals[s].get(mean), view.percent) for s, _, _, mean in cols)
-    return (
-        f'<div class="scroll"><table id="per-class-table"><thead><tr><th>class</th>{head}</tr></thead>'
-        f"<tbody>{rows}</tbody><tfoot><tr><td>{foot_label}</td>{foot}</tr></tfoot></table></div>"
-    )
-
-
-def _history_table(epochs: list[dict[str, Any]], view: _View, best: dict[str, Any] | None) -> str:
-    keys = [("train_loss", "train loss", False), ("train_acc", "train acc", True), ("val_loss", "val loss", False),
-            ("val_acc", "val acc", True)]  # fmt: skip
-    if view.metric != "acc":
-        keys += [("val_map", "val mean AP", False), ("val_miou", "val mean IoU", False)]
-    head = "".join(f'<th class="num">{escape(label)}</th>' for _, label, _ in keys)
-    rows = "".join(
-        f'<tr{" class=best" if r is best else ""}><td class="num">{r["epoch"]}</td>'
-        + "".join(_num_td(r.get(k), pct) for k, _, pct in keys)
-        + f'<td class="num">{r.get("lr", 0):.3g}</td><td class="num">{_duration(_number(r.get("time_s")))}</td></tr>'
-        for r in epochs
-    )
-    return (
-        f"<details><summary>Metrics after each epoch ({_plural(len(epochs), 'epoch')}; the best is highlighted)"
-        "</summary>"
-        f'<div class="scroll"><table id="epoch-table"><thead><tr><th class="num">epoch</th>{head}'
-        f'<th class="num">lr</th><th class="num">time</th></tr></thead><tbody>{rows}</tbody></table></div></details>'
-    )
-
-
-def _summary_cards(cfg, view: _View, epochs: list[dict], evals: dict[str, dict]) -> str:
-    test = evals.get("test")
-    best = _best_epoch(epochs, view.metric)
-    cards = [
-        _card(f"test {view.label}", _fmt(test.get(view.metric), view.percent) if test else "not evaluated",
-              f"{test['n']} images, {test.get('checkpoint', 'best')} checkpoint" if test else "no eval_test.json"),
-    ]  # fmt: skip
-    if view.metric != "acc" and test:
-        cards.append(_card("test mean IoU", _fmt(test.get("miou"), False)))
-        cards.append(_card("test pixel accuracy", _fmt(test.get("acc"), True)))
-    cards += [
-        _card(f"best validation {view.label}", _fmt(best[f"val_{view.metric}"], view.percent) if best else "n/a",
-              f"epoch {best['epoch']}" if best else "no finished epoch"),
-        _card("epochs", f"{len(epochs)} / {cfg.train.epochs}", f"{epochs[-1]['step']} steps" if epochs else ""),
-        _card("wall time", _duration(_wall_time(epochs)), "training, up to the last epoch"),
-    ]  # fmt: skip
-    return f'<div class="cards">{"".join(cards)}</div>'
-
-
-def _partial_banner(run_dir: Path, cfg, history: list[dict]) -> str:
-    batches = [r for r in history if r.get("kind") == "batch"]
-    where = f"epoch {batches[-1]['epoch']} step {batches[-1]['step']}" if batches else "before its first step"
-    return (
-        f'<div class="banner" id="partial-banner"><b>Partial run: training was interrupted at {where}</b> '
-        f"(of {_plural(cfg.train.epochs, 'epoch')}). Curves, tables and figures show the state when it stopped; "
-        f"continue with <code>cnnlab {escape(cfg.task)} train --resume {escape(str(run_dir))}</code>.</div>"
-    )
-
-
-def _config_html(cfg) -> str:
-    sections = {k: v for k, v in cfg.model_dump().items() if isinstance(v, dict)}
-    cards = "".join(
-        f"<div><h3>{escape(name)}</h3>{_kv_table({k: _setting(v) for k, v in values.items()})}</div>"
-        for name, values in sections.items()
-    )
-    return (
-        f'<p class="note">From config.yaml: the recipe with every override applied.</p><div class="grid">{cards}</div>'
-    )
-
-
-def _environment_html(run_dir: Path, epochs: list[dict]) -> str:
-    path = engine.RunPaths(run_dir).env
-    env = _read_json(path) if path.is_file() else {}
-    rows = {k: _setting(v) for k, v in env.items()}
-    rows["wall time"] = _duration(_wall_time(epochs))
-    return _kv_table(rows, "environment-table")
-
-
-def _predictions_html(run_dir: Path, classes: tuple[str, ...], view: _View) -> str:
-    """Outputs of `cnnlab facade predict` in RUN/predictions: overlay, label map and class areas per photo."""
-    blocks = []
-    for areas_path in sorted((run_dir / "predictions").glob("*_areas.json")):
-        stem = areas_path.name.removesuffix("_areas.json")
-        info = _read_json(areas_path)
-        area = info.get("area", {})
-        rows = "".join(
-            f"<tr><td>{_class_label(name, view, c)}</td>{_num_td(area.get(name), True, bar=True)}</tr>"
-            for c, name in enumerate(classes)
-        )
-        notes = "".join(f"<li>{escape(n)}</li>" for n in info.get("notes", []))
-        images = "".join(
-            f"<figure>{_photo_tag(p, p.name)}<figcaption>{escape(what)}</figcaption></figure>"
-            for p, what in ((run_dir / "predictions" / f"{stem}_overlay.jpg", "photo with the predicted classes"),
-                            (run_dir / "predictions" / f"{stem}_labels.png", "predicted label map"))
-            if p.is_file()
-        )  # fmt: skip
-        size = "x".join(str(s) for s in info.get("size", []))
-        blocks.append(
-            f'<div class="photo"><div><h3>{escape(Path(info.get("file", stem)).name)}</h3>'
-            f'<p class="note">{escape(size)} px</p><table class="areas"><thead><tr><th>class</th>'
-            f'<th class="num">area</th></tr></thead><tbody>{rows}</tbody></table>'
-            + (f'<ul class="note">{notes}</ul>' if notes else "")
-            + f"</div>{images}</div>"
-        )
-    return "".join(blocks)
-
-
-def write_report(run_dir: Path, *, partial: bool = False) -> Path:
-    """Write RUN/report.html: summary, per-class tables, every figure with a caption, config and environment.
-
-    The banner for an interrupted run shows when `partial` is set or when fewer epochs finished than the
-    config asks for. Returns the path of the page.
-    """
-    run_dir = Path(run_dir)
-    cfg = engine.load_run_config(run_dir)
-    task = get_task(cfg.task)
-    view = VIEWS[cfg.task]
-    history = _history(run_dir)
-    epochs = _epochs(history)
-    evals = {s: e for s in SPLITS if (e := _eval(run_dir, s)) is not None}
-
-    figs_dir = engine.RunPaths(run_dir).figures
-    figures = _figures_html(sorted(figs_dir.glob("*.png")) if figs_dir.is_dir() else [], cfg.task)
-    tables = _per_class_table(evals, task.classes, view) if evals else '<p class="note">Not evaluated yet.</p>'
-    predictions = _predictions_html(run_dir, task.classes, view)
-    best = _best_epoch(epochs, view.metric)
-    training = figures.pop("training", "") + (_history_table(epochs, view, best) if epochs else "")
-
-    sections = [("summary", "Summary", _summary_cards(cfg, view, epochs, evals))]
-    sections.append(("per-class", SECTIONS["per-class"], tables + figures.pop("per-class", "")))
-    if training:
-        sections.append(("training", SECTIONS["training"], training))
-    sections += [(s, SECTIONS[s], figures[s]) for s in ("confusion", "examples", "cases", "filters") if s in figures]
-    if predictions:
-        sections.append(("predictions", SECTIONS["predictions"], predictions))
-    if "other" in figures:
-        sections.append(("other", SECTIONS["other"], figures["other"]))
-    sections.append(("config", SECTIONS["config"], _config_html(cfg)))
-    sections.append(("environment", SECTIONS["environment"], _environment_html(run_dir, epochs)))
-
-    # Only the Fashion-MNIST nets take an activation setting; the facade nets ignore it.
-    activation = f" ({escape(cfg.model.activation)})" if cfg.task == "fashion" else ""
-    banner = _partial_banner(run_dir, cfg, history) if partial or len(epochs) < cfg.train.epochs else ""
-    header = (
-        f'<header><h1><span class="muted">{escape(cfg.task)} run</span> {escape(run_dir.resolve().name)}</h1>'
-        f'<p class="sub">recipe {escape(cfg.recipe)}, model {escape(cfg.model.name)}{activation}, '
-        f"{_plural(cfg.train.epochs, 'epoch')}, batch {cfg.train.batch_size}, {escape(cfg.optim.name)} lr "
-        f"{cfg.optim.lr:g}, seed {cfg.train.seed}</p></header>{banner}"
-    )
-    return _write(run_dir / "report.html", _page(f"cnnlab report: {run_dir.resolve().name}", header, sections))
-
-
-# ---------------------------------------------------------------- several runs
-
-
-def find_runs(paths: list[Path]) -> list[Path]:
-    """Run folders (those holding config.yaml) among `paths`, with folders of runs (e.g. a sweep) expanded."""
-    found: list[Path] = []
-    for p in map(Path, paths):
-        if not p.is_dir():
-            raise CheckpointError(f"{p}: no such folder")
-        runs = [p] if (p / "config.yaml").is_file() else sorted(c.parent for c in p.rglob("config.yaml"))
-        if not runs:
-            raise CheckpointError(f"{p}: neither a run folder nor a folder of runs (no config.yaml in it)")
-        seen = {f.resolve() for f in found}
-        found += [r for r in runs if r.resolve() not in seen]
-    return found
-
-
-def _labels(run_dirs: list[Path]) -> list[str]:
-    """Folder names, or parent/name where two runs share a name (e.g. relu/ of two sweeps)."""
-    names = [d.resolve().name for d in run_dirs]
-    return ["/".join(d.resolve().parts[-2:]) if names.count(n) > 1 else n for d, n in zip(run_dirs, names, strict=True)]
-
-
-def _compare_curves(histories: list[list[dict]], labels: list[str], view: _View) -> str:
-    """Validation loss and the headline metric per epoch, one line per run, as an embedded PNG."""
-    fig = Figure(figsize=(11, 4), dpi=110)
-    axes = fig.subplots(1, 2)
-    for i, (hist, label) in enumerate(zip(histories, labels, strict=True)):
-        epochs = _epochs(hist)
-        ep = [r["epoch"] for r in epochs]
-        color = RUN_COLORS[i % len(RUN_COLORS)]
-        axes[0].plot(ep, [_number(r.get("val_loss")) for r in epochs], "o-", ms=3, color=color, label=label)
-        axes[1].plot(ep, [_number(r.get(f"val_{view.metric}")) for r in epochs], "o-", ms=3, color=color, label=label)
-    for ax, name in zip(axes, ("validation loss", f"validation {view.label}"), strict=True):
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(name)
-        ax.set_title(name[0].upper() + name[1:])
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    width, height = fig.canvas.get_width_height()
-    return _img(_data_uri(buf.getvalue(), "image/png"), "validation curves of the compared runs", (width, height))
-
-
-def _runs_table(labels: list[str], flat: list[dict], histories: list[list[dict]], tests: list, view: _View) -> str:
-    """One row per run: its final metrics, then the settings that differ between the runs (marked)."""
-    differ = [k for k in flat[0] if len({_setting(f[k]) for f in flat}) > 1]
-    columns = [k for k in differ if k not in RUNTIME_KEYS]
-    heads = [f"best val {view.label}", "best epoch", "final val loss", f"test {view.label}"]
-    heads += ["test mean IoU"] if view.metric != "acc" else []
-    head = "".join(f'<th class="num">{escape(h)}</th>' for h in [*heads, "wall time"])
-    head += "".join(f'<th class="diff">{escape(COMPARE_KEYS.get(k, k))}</th>' for k in columns)
-    rows = ""
-    for i, (label, f, hist, test) in enumerate(zip(labels, flat, histories, tests, strict=True)):
-        epochs = _epochs(hist)
-        best = _best_epoch(epochs, view.metric)
-        cells = [
-            _num_td(best[f"val_{view.metric}"] if best else None, view.percent),
-            f'<td class="num">{best["epoch"] if best else "n/a"}</td>',
-            _num_td(epochs[-1].get("val_loss") if epochs else None, False),
-            _num_td(test.get(view.metric) if test else None, view.percent),
-        ]
-        cells += [_num_td(test.get("miou") if test else None, False)] if view.metric != "acc" else []
-        cells += [f'<td class="num">{_duration(_wall_time(epochs))}</td>']
-        cells += [f'<td class="diff">{escape(_setting(f[k]))}</td>' for k in columns]
-        rows += f"<tr><th>{_swatch(RUN_COLORS[i % len(RUN_COLORS)])}{escape(label)}</th>{''.join(cells)}</tr>"
-    same = ", ".join(
-        f"{escape(name)} <b>{escape(_setting(flat[0][k]))}</b>" for k, name in COMPARE_KEYS.items() if k not in differ
-    )
-    runtime = [k for k in differ if k in RUNTIME_KEYS]
-    also = f" ({', '.join(runtime)} differ too, which changes speed, not results)" if runtime else ""
-    return (
-        f'<p class="note">Same in all runs: {same or "none of the main settings"}. The marked columns are the '
-        f"settings that differ{escape(also)}; validation numbers come from metrics.jsonl, test numbers from "
-        'eval_test.json (best checkpoint); every setting is listed <a href="#settings">below</a>.</p>'
-        f'<div class="scroll"><table id="compare-table"><thead><tr><th>run</th>{head}</tr></thead>'
-        f"<tbody>{rows}</tbody></table></div>"
-    )
-
-
-def _per_class_compare(labels: list[str], tests: list, classes: tuple[str, ...], view: _View) -> str:
-    """Each per-class test metric with one column per run."""
-    out = ""
-    for key, name, mean in view.per_class:
-        heads = "".join(f'<th class="num">{escape(label)}</th>' for label in labels)
-        body = "".join(
-            f"<tr><td>{_class_label(cls, view, c)}</td>"
-            + "".join(_num_td(t[key][c] if t else None, view.percent) for t in tests)
-            + "</tr>"
-            for c, cls in enumerate(classes)
-        )
-        foot = "".join(_num_td(t.get(mean) if t else None, view.percent) for t in tests)
-        out += (
-            f'<h3>Test {escape(name)} per class</h3><div class="scroll"><table><thead><tr><th>class</th>{heads}'
-            f"</tr></thead><tbody>{body}</tbody><tfoot><tr><td>{'overall' if view.percent else 'mean'}</td>{foot}"
-            "</tr></tfoot></table></div>"
-        )
-    return out
-
-
-def _settings_table(labels: list[str], flat: list[dict]) -> str:
-    """Every setting (rows) of every run (columns); rows whose values differ are marked."""
-    heads = "".join(f"<th>{escape(label)}</th>" for label in labels)
-    rows = ""
-    for k in flat[0]:
-        values = [_setting(f[k]) for f in flat]
-        mark = ' class="diff"' if len(set(values)) > 1 else ""
-        rows += f"<tr{mark}><th>{escape(k)}</th>" + "".join(f"<td>{escape(v)}</td>" for v in values) + "</tr>"
-    return (
-        f'<div class="scroll"><table id="settings-table"><thead><tr><th>setting</th>{heads}</tr></thead>'
-        f"<tbody>{rows}</tbody></table></div>"
-    )
-
-
-def write_compare(run_dirs: list[Path], out: Path) -> Path:
-    """Write one HTML page comparing runs of one task: metrics, differing settings, curves, per-class results.
-
-    `run_dirs` may hold folders of runs too (see `find_runs`). Raises ConfigError for runs of different tasks.
-    """
-    run_dirs = find_runs(run_dirs)
-    if not run_dirs:
-        raise ConfigError("nothing to compare: give run folders or folders that hold runs")
-    cfgs = [engine.load_run_config(d) for d in run_dirs]
-    if len({c.task for c in cfgs}) > 1:
-        which = ", ".join(f"{d.name} is {c.task}" for d, c in zip(run_dirs, cfgs, strict=True))
-        raise ConfigError(f"cannot compare runs of different tasks ({which}); compare one task at a time")
-    task, view = get_task(cfgs[0].task), VIEWS[cfgs[0].task]
-    labels = _labels(run_dirs)
-    histories = [_history(d) for d in run_dirs]
-    tests = [_eval(d, "test") for d in run_dirs]
-    flat = [_flat(c.model_dump()) for c in cfgs]
-    curves = (
-        f'<figure class="wide">{_compare_curves(histories, labels, view)}<figcaption>Validation loss (left) and '
-        f"validation {escape(view.label)} (right) after each epoch, one line per run (colours as in the table)."
-        "</figcaption></figure>"
-    )
-    sections = [
-        ("runs", "Runs", _runs_table(labels, flat, histories, tests, view)),
-        ("curves", "Validation curves", curves),
-        ("per-class", "Per-class test results", _per_class_compare(labels, tests, task.classes, view)),
-        ("settings", "All settings", _settings_table(labels, flat)),
-    ]
-    header = (
-        f"<header><h1>cnnlab comparison: {len(run_dirs)} {escape(task.name)} runs</h1>"
-        f'<p class="sub">{escape(", ".join(labels))}</p></header>'
-    )
-    return _write(Path(out), _page(f"cnnlab comparison: {', '.join(labels)}", header, sections))
