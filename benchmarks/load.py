@@ -126,7 +126,7 @@ def main() -> None:
         f"Measured {date.today()} on {machine()} with "
         f"`python benchmarks/load.py`: {args.requests} uploads over loopback, {args.concurrency} at a time, "
         f"alternating facade photos (256x256 JPEG) and Fashion-MNIST test images; `cnnlab serve "
-        f"--workers {args.workers}`, models {names['fashion']} and {names['facade']}; 1-minute load average "
+        f"--workers {args.workers}`, models {names['classify']} and {names['segment']}; 1-minute load average "
         f"{load:.1f} before the run (the machine is shared).",
         "",
         "| endpoint | alone: p50 ms | under load: requests | p50 ms | p95 ms | max ms |",

@@ -124,6 +124,48 @@ def make_facade_dir(folder: Path, n: int = 12, size: int = 64) -> Path:
     return folder
 
 
+def make_classify_folder(folder: Path, classes=("a", "b", "c"), per_class: int = 10, size: int = 10) -> Path:
+    """A folder task's classification set, folder/train/<class>/*.png: RGB noise, each class bright in
+    its own channel (learnable, and its colours show in the figures)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(classes):
+        (folder / "train" / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            image = rng.integers(0, 50, (size, size, 3))
+            image[:, :, c % 3] += 180
+            Image.fromarray(image.astype(np.uint8)).save(folder / "train" / name / f"{name}{i}.png")
+    return folder
+
+
+def make_segment_folder(folder: Path, n: int = 8, size: int = 24) -> Path:
+    """A folder task's grey segmentation set: folder/images/NAME.png, folder/masks/NAME.png and a
+    classes.yaml giving the second class a colour; a bright square (class 1) on dark noise."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for sub in ("images", "masks"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    (folder / "classes.yaml").write_text("classes: [ground, {blob: '#FF0000'}]\n")
+    for i in range(n):
+        mask = np.zeros((size, size), np.uint8)
+        mask[4 + i : 14 + i, 3:15] = 1
+        image = rng.integers(0, 60, (size, size)) + 150 * mask
+        Image.fromarray(image.astype(np.uint8), "L").save(folder / "images" / f"s{i}.png")
+        Image.fromarray(mask, "L").save(folder / "masks" / f"s{i}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    """Folder runs decode their images into the cache: a temporary one for the module, not ~/.cache."""
+    folder = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CNNLAB_CACHE_DIR", str(folder))
+        yield folder
+
+
 @pytest.fixture(scope="session")
 def tiny_facade(tmp_path_factory) -> Path:
     return make_facade_dir(tmp_path_factory.mktemp("facade"))

@@ -11,7 +11,7 @@ import torch
 from conftest import make_fashion_dir
 from PIL import Image
 
-from cnnlab import checkpoint, engine
+from cnnlab import api, checkpoint
 from cnnlab.config import load_config
 
 ENV = {**os.environ, "CNNLAB_DATA_DIR": "", "PYTHONUNBUFFERED": "1"}
@@ -97,7 +97,7 @@ def test_ctrl_c_saves_and_resume_matches_uninterrupted(tmp_path):
 
 
 def test_predict_any_image(tmp_path, tiny_fashion):
-    run = engine.train(
+    run = api.train_config(
         load_config("fashion", "seed-a", [f"data.dir={tiny_fashion}", "train.epochs=3", "train.threads=1"]),
         tmp_path / "run",
         progress=False,
@@ -121,7 +121,7 @@ def test_report_and_compare_commands(tiny_fashion, tmp_path):
         cfg = load_config(
             "fashion", "seed-a", [f"data.dir={tiny_fashion}", "train.epochs=1", "train.threads=1", f"train.seed={seed}"]
         )
-        engine.train(cfg, tmp_path / "runs" / f"s{seed}", progress=False)
+        api.train_config(cfg, tmp_path / "runs" / f"s{seed}", progress=False)
         assert (tmp_path / "runs" / f"s{seed}" / "report.html").stat().st_size > 50_000  # written by training
     (tmp_path / "runs" / "s0" / "report.html").unlink()
     r = cnnlab("report", tmp_path / "runs" / "s0")

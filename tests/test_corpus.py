@@ -13,7 +13,7 @@ import torch
 from conftest import idx_bytes, make_facade_dir, make_fashion_dir, run_cli, synthetic_fashion
 from PIL import Image
 
-from cnnlab import engine
+from cnnlab import api
 from cnnlab.config import load_config
 
 
@@ -38,7 +38,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
         ),
     ):
         cfg = load_config(task, recipe, [*extra, "train.epochs=1", "train.batch_size=8", "train.threads=1"])
-        out[task] = engine.train(cfg, base / task, progress=False, finish=False).run_dir
+        out[task] = api.train_config(cfg, base / task, progress=False, finish=False).run_dir
     return out
 
 

@@ -40,7 +40,7 @@ torch.set_num_threads(1)  # one thread: no per-thread malloc arenas in the addre
 from PIL import Image
 from cnnlab.data.images import FORMATS, read_photo
 from cnnlab.errors import DataError
-from cnnlab.predictions import MAX_SIDE, MIN_SIDE, fashion_pixels
+from cnnlab.tasks.fashion import MAX_SIDE, MIN_SIDE, fashion_pixels
 from cnnlab.segment import MIN_SIDE as FACADE_MIN_SIDE
 
 bound, facade_max_side = int(sys.argv[1]), int(sys.argv[2])

@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from cnnlab import checkpoint, engine, evaluation, optim, runs, runtime
+from cnnlab import api, checkpoint, evaluation, optim, runs, runtime
 from cnnlab.config import load_config
 from cnnlab.errors import CheckpointError, TrainingError
 from cnnlab.tasks.fashion import FashionTask
@@ -37,8 +37,8 @@ def _weights(run_dir, which="last"):
 
 
 def test_same_seed_same_metrics_and_run_folder_contents(tiny_fashion, tmp_path):
-    a = engine.train(_cfg(tiny_fashion), tmp_path / "a", progress=False)
-    b = engine.train(_cfg(tiny_fashion), tmp_path / "b", progress=False, finish=False)
+    a = api.train_config(_cfg(tiny_fashion), tmp_path / "a", progress=False)
+    b = api.train_config(_cfg(tiny_fashion), tmp_path / "b", progress=False, finish=False)
     assert _rows(a.run_dir) == _rows(b.run_dir)
     assert a.best > 0.9  # the synthetic classes are easy: the loop must actually learn them
     rows = _rows(a.run_dir)
@@ -66,16 +66,16 @@ def test_same_seed_same_metrics_and_run_folder_contents(tiny_fashion, tmp_path):
     ):
         assert (a.run_dir / "figures" / f"{fig}.png").stat().st_size > 1000, fig
         assert json.loads((a.run_dir / "figures" / f"{fig}.json").read_text())
-    c = engine.train(_cfg(tiny_fashion, "train.seed=1"), tmp_path / "c", progress=False, finish=False)
+    c = api.train_config(_cfg(tiny_fashion, "train.seed=1"), tmp_path / "c", progress=False, finish=False)
     assert _rows(c.run_dir) != _rows(a.run_dir)
 
 
 @pytest.mark.parametrize("stop_at", [5, 17, 25])  # mid-epoch 1, epoch boundary, mid-epoch 2
 def test_interrupted_then_resumed_equals_uninterrupted(tiny_fashion, tmp_path, stop_at):
-    full = engine.train(_cfg(tiny_fashion), tmp_path / "full", progress=False, finish=False)
-    part = engine.train(_cfg(tiny_fashion), tmp_path / "part", progress=False, max_steps=stop_at)
+    full = api.train_config(_cfg(tiny_fashion), tmp_path / "full", progress=False, finish=False)
+    part = api.train_config(_cfg(tiny_fashion), tmp_path / "part", progress=False, max_steps=stop_at)
     assert not part.completed and part.step == stop_at
-    done = engine.train(None, tmp_path / "part", resume=True, progress=False, finish=False)
+    done = api.train_config(None, tmp_path / "part", resume=True, progress=False, finish=False)
     assert done.completed and done.step == full.step
     wa, wb = _weights(full.run_dir), _weights(done.run_dir)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
@@ -83,10 +83,10 @@ def test_interrupted_then_resumed_equals_uninterrupted(tiny_fashion, tmp_path, s
 
 
 def test_rows_written_after_the_checkpoint_are_cut_on_resume(tiny_fashion, tmp_path):
-    run = engine.train(_cfg(tiny_fashion), tmp_path / "r", progress=False, max_steps=10)
+    run = api.train_config(_cfg(tiny_fashion), tmp_path / "r", progress=False, max_steps=10)
     with open(run.run_dir / "metrics.jsonl", "a") as f:  # what a kill -9 after the checkpoint leaves
         f.write('{"kind":"batch","step":11}\n{"kind":"ba')
-    engine.train(None, run.run_dir, resume=True, progress=False, finish=False)
+    api.train_config(None, run.run_dir, resume=True, progress=False, finish=False)
     steps = [r["step"] for r in _rows(run.run_dir) if r["kind"] == "batch"]
     assert steps == list(range(1, 35))
 
@@ -102,20 +102,20 @@ def test_non_finite_loss_stops_with_the_step(tiny_fashion, tmp_path, monkeypatch
 
     monkeypatch.setattr(FashionTask, "loss", loss)
     with pytest.raises(TrainingError, match=r"loss became nan at step 3 .*nothing was saved yet, so the run folder"):
-        engine.train(_cfg(tiny_fashion), tmp_path / "r", progress=False)
+        api.train_config(_cfg(tiny_fashion), tmp_path / "r", progress=False)
     assert not (tmp_path / "r").exists()  # nothing to resume: the same --out works again
     calls["n"] = 0
     cfg = _cfg(tiny_fashion)
     cfg.train.checkpoint_every_s = 1e-9  # a checkpoint after every step
     with pytest.raises(TrainingError, match=r"step 3 .*the last good checkpoint is .*last.safetensors"):
-        engine.train(cfg, tmp_path / "r", progress=False)
+        api.train_config(cfg, tmp_path / "r", progress=False)
     assert checkpoint.load(tmp_path / "r" / "checkpoints" / "last.safetensors")["state"]["step"] == 3
 
 
 def test_existing_run_folder_is_not_overwritten(tiny_fashion, tmp_path):
-    engine.train(_cfg(tiny_fashion), tmp_path / "r", progress=False, max_steps=1)
+    api.train_config(_cfg(tiny_fashion), tmp_path / "r", progress=False, max_steps=1)
     with pytest.raises(CheckpointError, match=r"already holds a run"):
-        engine.train(_cfg(tiny_fashion), tmp_path / "r", progress=False)
+        api.train_config(_cfg(tiny_fashion), tmp_path / "r", progress=False)
 
 
 def test_lr_schedules():
@@ -129,10 +129,10 @@ def test_lr_schedules():
 def test_tensorboard_scalars_have_no_duplicates_across_a_resume(tiny_fashion, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    engine.train(
+    api.train_config(
         _cfg(tiny_fashion, "train.tensorboard=true"), tmp_path / "r", progress=False, max_steps=10, finish=False
     )
-    engine.train(None, tmp_path / "r", resume=True, progress=False, finish=False)
+    api.train_config(None, tmp_path / "r", resume=True, progress=False, finish=False)
     acc = EventAccumulator(str(tmp_path / "r" / "tensorboard"))
     acc.Reload()
     steps = [e.step for e in acc.Scalars("batch/loss")]

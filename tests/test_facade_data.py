@@ -10,13 +10,13 @@ from cnnlab.data import facade
 from cnnlab.data.facade import (
     CLASSES,
     COLORS,
-    class_frequencies,
     find_facade_dir,
     group_keys,
     group_split,
     load_folder,
 )
 from cnnlab.errors import ConfigError, DataError
+from cnnlab.tasks.segment import class_frequencies
 
 PALETTE = [v for rgb in COLORS for v in rgb] + [0] * (3 * (256 - len(COLORS)))
 
@@ -225,7 +225,10 @@ def test_group_split_refuses_impossible_fractions():
 
 def test_class_frequencies():
     labels = torch.tensor([[0, 0, 1, 3], [3, 3, 3, 4]], dtype=torch.uint8)
-    assert class_frequencies(labels).tolist() == [2 / 8, 1 / 8, 0.0, 4 / 8, 1 / 8]
+    assert class_frequencies(labels, 5).tolist() == [2 / 8, 1 / 8, 0.0, 4 / 8, 1 / 8]
+    # An ignore value (255) counts for no class: the shares are of the labelled pixels.
+    labels[0, 0] = 255
+    assert class_frequencies(labels, 5).tolist() == [1 / 7, 1 / 7, 0.0, 4 / 7, 1 / 7]
 
 
 def _real_folder():
@@ -245,5 +248,5 @@ def test_real_facade_folder():
     assert data.images.shape == (906, 3, 256, 256) and data.labels.shape == (906, 256, 256)
     assert data.names[0] == "eecs442_0000" and data.names[-1] == "eecs442_0905"
     assert data.labels.max() <= 4
-    shares = class_frequencies(data.labels) * 100
+    shares = class_frequencies(data.labels, 5) * 100
     assert torch.allclose(shares, torch.tensor([35.5, 40.6, 2.4, 16.5, 5.1], dtype=torch.float64), atol=0.5)

@@ -5,7 +5,7 @@ from cnnlab.errors import ConfigError
 from cnnlab.models.facade import SeedA, SeedB, UNet, build_facade_model
 
 # Thin variants keep the suite fast; SeedA has no width knob and is cheap enough as it is.
-SMALL = {"seed-a": {}, "seed-b": {"width": 0.125}, "unet": {"base": 4}}
+SMALL = {"seed-a": {}, "seed-b": {"width": 0.125}, "unet": {"width": 0.25}}
 
 
 @pytest.fixture(autouse=True)
@@ -42,7 +42,7 @@ def test_seed_b_has_batch_norm_after_relu_and_a_width_knob():
 
 @pytest.mark.parametrize("depth", [1, 2, 3, 5])
 def test_unet_depths_and_odd_sizes(depth):
-    model = UNet(base=4, depth=depth).eval()
+    model = UNet(width=0.25, depth=depth).eval()
     with torch.no_grad():
         assert model(torch.rand(1, 3, 19, 34)).shape == (1, 5, 19, 34)
 
@@ -74,6 +74,17 @@ def test_channels_last_and_bf16_autocast(name):
 def test_build_rejects_unknown_names_and_options():
     with pytest.raises(ConfigError, match="seed-a, seed-b, unet"):
         build_facade_model("resnet")
-    with pytest.raises(ConfigError, match="bad options"):
+    with pytest.raises(ConfigError, match="seed-a has no width setting"):
         build_facade_model("seed-a", width=2)
-    assert isinstance(build_facade_model("unet", base=8, depth=3), UNet)
+    assert sum(p.numel() for p in build_facade_model("unet", width=0.5).parameters()) < 0.3 * sum(
+        p.numel() for p in UNet().parameters()
+    )
+
+
+def test_grey_inputs_and_other_class_counts():
+    from cnnlab.models import build_model
+
+    for name in SMALL:
+        model = build_model("segment", name, in_channels=1, num_classes=2, **SMALL[name]).eval()
+        with torch.no_grad():
+            assert model(torch.rand(1, 1, 32, 40)).shape == (1, 2, 32, 40)

@@ -10,9 +10,10 @@ import torch.nn.functional as F
 from conftest import make_facade_dir
 from PIL import Image
 
-from cnnlab import checkpoint, engine, evaluation, runs, runtime
+from cnnlab import api, checkpoint, evaluation, runs, runtime
 from cnnlab.config import load_config
-from cnnlab.tasks.facade import FacadeTask, per_image_iou
+from cnnlab.tasks.facade import FacadeTask
+from cnnlab.tasks.segment import per_image_iou
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
@@ -80,9 +81,9 @@ def test_resized_test_time_views_are_averaged_at_the_input_size():
 
 
 def test_train_resume_evaluate_and_figures(tiny_facade, tmp_path):
-    full = engine.train(_cfg(tiny_facade), tmp_path / "full", progress=False)
-    part = engine.train(_cfg(tiny_facade), tmp_path / "part", progress=False, max_steps=3)
-    done = engine.train(None, part.run_dir, resume=True, progress=False, finish=False)
+    full = api.train_config(_cfg(tiny_facade), tmp_path / "full", progress=False)
+    part = api.train_config(_cfg(tiny_facade), tmp_path / "part", progress=False, max_steps=3)
+    done = api.train_config(None, part.run_dir, resume=True, progress=False, finish=False)
     a, b = (checkpoint.load(runs.RunPaths(r.run_dir).last)["model"] for r in (full, done))
     assert all(torch.equal(a[k], b[k]) for k in a)
     ev = json.loads((full.run_dir / "eval_test.json").read_text())
@@ -119,7 +120,7 @@ def _photo(path, size, mode="RGB", exif_orientation=None):
 
 
 def test_predict_big_rotated_jpeg_and_grey_png(tiny_facade, tmp_path):
-    run = engine.train(_cfg(tiny_facade, "train.epochs=1"), tmp_path / "run", progress=False, finish=False)
+    run = api.train_config(_cfg(tiny_facade, "train.epochs=1"), tmp_path / "run", progress=False, finish=False)
     big = _photo(tmp_path / "big.jpg", (3000, 2000), exif_orientation=6)  # stored landscape, shown portrait
     grey = _photo(tmp_path / "grey.png", (300, 200), mode="L")
     r = subprocess.run(

@@ -5,14 +5,14 @@ import sys
 
 import pytest
 
-from cnnlab import cli, engine
+from cnnlab import api, cli
 from cnnlab.config import load_config
 from cnnlab.data import fashion
 
 
 def test_short_training_on_real_subset(real_fashion, tmp_path):
     cfg = load_config("fashion", "seed-a", [f"data.dir={real_fashion}", "data.limit=8000", "train.epochs=2"])
-    run = engine.train(cfg, tmp_path / "run", progress=False)
+    run = api.train_config(cfg, tmp_path / "run", progress=False)
     test = json.loads((run.run_dir / "eval_test.json").read_text())
     assert test["n"] == 10000
     assert test["acc"] > 0.82, test["acc"]  # measured 0.84 on this seed; chance is 0.10
@@ -22,7 +22,7 @@ def test_short_training_on_real_subset(real_fashion, tmp_path):
 @pytest.mark.parametrize(("recipe", "bound"), [("seed-a", 0.91), ("seed-b", 0.91)])
 @pytest.mark.slow
 def test_full_recipe_reaches_the_reports_accuracy(real_fashion, tmp_path, recipe, bound):
-    run = engine.train(load_config("fashion", recipe), tmp_path / recipe, progress=False)
+    run = api.train_config(load_config("fashion", recipe), tmp_path / recipe, progress=False)
     assert json.loads((run.run_dir / "eval_test.json").read_text())["acc"] >= bound
 
 

@@ -10,7 +10,7 @@ from PIL import Image
 from cnnlab.data.facade import load_folder
 from cnnlab.data.images import FORMATS, load_photo, read_photo, shrink
 from cnnlab.errors import DataError, NotAnImageError
-from cnnlab.predictions import MAX_SIDE, fashion_input, fashion_pixels
+from cnnlab.tasks.fashion import MAX_SIDE, MIN_SIDE, fashion_pixels
 
 
 def _noise(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -270,7 +270,7 @@ def test_fashion_pixels_of_a_huge_strip_stay_small():
 
 def test_fashion_input_decodes_at_most_max_side(tmp_path):
     Image.new("L", (6000, 4000), 255).save(tmp_path / "shirt.jpg")
-    x, notes = fashion_input(tmp_path / "shirt.jpg")
+    x, notes = fashion_pixels(*load_photo(tmp_path / "shirt.jpg", mode="L", min_side=MIN_SIDE, max_side=MAX_SIDE))
     assert x.shape == (1, 28, 28) and notes[0] == f"downscaled 6000x4000 to {MAX_SIDE}x187 (decoded at 1/8 scale)"
 
 

@@ -8,10 +8,11 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import make_classify_folder
 from PIL import Image
 from typer.testing import CliRunner
 
-from cnnlab import checkpoint, engine, pretrained
+from cnnlab import api, checkpoint, pretrained
 from cnnlab.cli import app
 from cnnlab.config import load_config
 from cnnlab.errors import CheckpointError
@@ -30,8 +31,8 @@ def runs(tiny_fashion, tiny_facade, tmp_path_factory):
     fashion = load_config("fashion", "seed-a", [f"data.dir={tiny_fashion}", "data.limit=200", *small])
     facade = load_config("facade", "unet", [f"data.dir={tiny_facade}", *FACADE_TINY, *small])
     return {
-        "fashion": engine.train(fashion, base / "fashion-run", progress=False).run_dir,
-        "facade": engine.train(facade, base / "facade-run", progress=False).run_dir,
+        "fashion": api.train_config(fashion, base / "fashion-run", progress=False).run_dir,
+        "facade": api.train_config(facade, base / "facade-run", progress=False).run_dir,
     }
 
 
@@ -140,6 +141,23 @@ def test_models_command(shipped, tmp_path, monkeypatch):
     monkeypatch.setenv(pretrained.ENV_VAR, str(tmp_path))
     r = CliRunner().invoke(app, ["models"])
     assert r.exit_code == 0 and "no shipped models installed" in r.stdout
+
+
+def test_ship_and_list_a_folder_run(cache_dir, tmp_path, monkeypatch):
+    data = make_classify_folder(tmp_path / "data")
+    cfg = load_config("classify", "small", [f"data.dir={data}", "train.epochs=1", "train.threads=1"])
+    run = api.train_config(cfg, tmp_path / "run", progress=False).run_dir
+    monkeypatch.setenv(pretrained.ENV_VAR, str(tmp_path / "models"))
+    card = json.loads((pretrained.ship(run, "mine") / "card.json").read_text())
+    # The card's data and split come from the folder task, not from a built-in set's wording.
+    # Names, not paths: a shipped card travels to other machines.
+    assert (card["task"], card["data"]) == ("classify", "the image folder data")
+    assert card["split"] == "data: validation 10% of train (stratified), seed 0"
+    r = CliRunner().invoke(app, ["models"])
+    assert r.exit_code == 0, r.output
+    rows = {line.split()[0]: line.split() for line in r.stdout.splitlines() if line.strip()}
+    assert "classify" in rows  # the table's title: "classify models"
+    assert rows["mine"] == ["mine", "small", "resnet", f"{card['val']['acc']:.2%}", "-", card["trained"]]
 
 
 def test_predict_without_a_run(runs, shipped, tmp_path):

@@ -7,15 +7,23 @@ know) is a failing case: teach this file how to treat it.
 
 All blocks share one temporary working folder, in which the inputs the README names are made from
 real data first: my_shoe.jpg and shoe.png are a Fashion-MNIST test sneaker, upscaled; photo.jpg,
-street.jpg and other_folder/ (3 photos with their label maps) come from the mini-facade set. A block
-that uses a run folder another block makes (`runs/first`, `runs/facade`, `runs/sweep-activations-seed-a`)
-runs that block first (once per module), so any single case can also run on its own (`-k`).
+street.jpg and other_folder/ (3 photos with their label maps) come from the mini-facade set. The
+README's own scripts make the rest (`digits/` from scikit-learn's digits, `facades/` from the facade set).
+A block that uses a run folder another block makes (`runs/first`, `runs/facade`, `runs/sweep-activations-seed-a`)
+runs that block first (once per module), so any single case can also run on its own (`-k`). Every block
+runs at most once per module, so a script that refuses an existing destination (scripts/digits_folder.py,
+scripts/facade_folder.py) meets a fresh working folder. CNNLAB_CACHE_DIR points into the working folder:
+nothing is decoded into ~/.cache.
 
 Rewrites, to keep the whole file to about three minutes on a 2-core CPU (the README itself is not changed):
 - `cnnlab fashion train` / `sweep-activations` (torchrun included) get `--limit 256 --epochs 1` appended,
-  `cnnlab facade train` gets `--limit 8 --epochs 1 --set data.val_fraction=0.02 --set data.test_fraction=0.02`
-  (18 validation and 18 test images instead of 90 each). The last option wins; the run's config.yaml
-  is checked to prove it.
+  `cnnlab facade train` and `cnnlab segment train` get
+  `--limit 8 --epochs 1 --set data.val_fraction=0.02 --set data.test_fraction=0.02` (on the facade set:
+  18 validation and 18 test images instead of 90 each), `cnnlab classify train` gets `--epochs 3` (the
+  digits' 1,438 8x8 images take about a second an epoch; tests/test_own_data.py runs the full 30).
+  The last option wins; each produced run's config.yaml is checked to hold every appended value.
+- `python scripts/NAME.py` runs the repository's script with the venv's Python, and a `../shared/` path
+  (the data next to the checkout) is resolved from the repository root, as the README means it.
 - Python: every `cnnlab.train(...)` call gets `epochs=1, limit=256` (an existing `epochs=` is dropped);
   top-level expressions are printed, as in a notebook.
 - `. .venv/bin/activate` sources the activate script of the venv running the tests.
@@ -29,6 +37,7 @@ from __future__ import annotations
 
 import ast
 import gzip
+import importlib.util
 import json
 import os
 import re
@@ -45,7 +54,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import FACADE_REAL, FASHION_REAL, require_data
+from conftest import FACADE_REAL, FASHION_REAL, IN_CI, require_data
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
@@ -54,11 +63,13 @@ BLOCK_TIMEOUT_S = 600
 
 FASHION_SHORT = "--limit 256 --epochs 1"
 FACADE_SHORT = "--limit 8 --epochs 1 --set data.val_fraction=0.02 --set data.test_fraction=0.02"
-SHORT = {"fashion": FASHION_SHORT, "facade": FACADE_SHORT}
-SHORT_LIMIT = {"fashion": 256, "facade": 8}
+DIGITS_SHORT = "--epochs 3"
+SHORT = {"fashion": FASHION_SHORT, "facade": FACADE_SHORT, "classify": DIGITS_SHORT, "segment": FACADE_SHORT}
 PY_TRAIN_SHORT = "epochs=1, limit=256"
 
-TRAIN_RE = re.compile(r"\bcnnlab (fashion|facade) (train|sweep-activations)\b")
+TRAIN_RE = re.compile(r"\bcnnlab (fashion|facade|classify|segment) (train|sweep-activations)\b")
+SCRIPT_RE = re.compile(r"^python3? scripts/([\w-]+\.py)(?=\s|$)")
+SHARED_RE = re.compile(r"(?<![^\s=])\.\./shared/")  # data next to the checkout, as in `../shared/data/...`
 RUN_REF_RE = re.compile(r"(?<![\w/.-])runs/[\w.-]+")
 PLACEHOLDER_RE = re.compile(r"<[^>]*>|\bRUN\d*\b|\bHOST\d*\b")
 SKIP_MAKE = "`make demo` / `make test` install everything and run this suite"
@@ -119,6 +130,7 @@ class Block:
                 c == ". .venv/bin/activate"
                 or (c.startswith("cnnlab ") and not c.startswith("cnnlab serve"))
                 or c.startswith("torchrun --standalone ")
+                or SCRIPT_RE.match(c) is not None
             )
             if not known:
                 return f"unknown: command {c!r}"
@@ -152,6 +164,8 @@ class Block:
             need.add("fashion")
         if re.search(r"facade|photo\.jpg|street\.jpg|other_folder", text):
             need.add("facade")
+        if re.search(r"\bdigits", text):
+            need.add("digits")
         return need
 
 
@@ -194,6 +208,11 @@ def producer(run: str) -> Block:
 def rewrite_sh(cmd: str) -> str:
     if cmd == ". .venv/bin/activate":
         return f". {BIN / 'activate'}"
+    script = SCRIPT_RE.match(cmd)
+    if script:
+        path = REPO / "scripts" / script.group(1)
+        cmd = f"{shlex.quote(str(BIN / 'python'))} {shlex.quote(str(path))}{cmd[script.end() :]}"
+    cmd = SHARED_RE.sub(lambda _: shlex.quote(str(REPO.parent / "shared")) + "/", cmd)
     m = TRAIN_RE.search(cmd)
     if m:
         return f"{cmd} {SHORT[m.group(1)]}"
@@ -229,10 +248,11 @@ def check_placeholders(block: Block) -> None:
 # ---------------------------------------------------------------- inputs and running
 
 
-def env() -> dict[str, str]:
+def env(work: Path) -> dict[str, str]:
     e = dict(os.environ)
     e["PATH"] = f"{BIN}{os.pathsep}{e.get('PATH', '')}"
     e["COLUMNS"] = "160"
+    e["CNNLAB_CACHE_DIR"] = str(work / ".cnnlab-cache")  # decoded image folders: not ~/.cache
     return e
 
 
@@ -262,6 +282,11 @@ def require(data: set[str]) -> None:
         require_data(FASHION_REAL, "Fashion-MNIST (Debian package dataset-fashion-mnist)")
     if "facade" in data:
         require_data(FACADE_REAL, "the mini-facade set (../shared/data/cs194-26_mini_facade)")
+    if "digits" in data and importlib.util.find_spec("sklearn") is None:
+        message = "scripts/digits_folder.py needs scikit-learn (pip install -e '.[dev]')"
+        if IN_CI:
+            pytest.fail(message + " (CI=true: real-data tests must run)")
+        pytest.skip(message)
 
 
 def run_script(work: Path, args: list[str], script: str, name: str) -> None:
@@ -272,7 +297,7 @@ def run_script(work: Path, args: list[str], script: str, name: str) -> None:
     p = subprocess.run(
         [*args, str(path)],
         cwd=work,
-        env=env(),
+        env=env(work),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -293,14 +318,31 @@ def traced(commands: list[str]) -> str:
     return "".join(f"printf '%s\\n' {shlex.quote('$ ' + c)} >&2\n{c}\n" for c in commands)
 
 
+SHORTCUT_KEYS = {"--epochs": "train.epochs", "--limit": "data.limit"}
+
+
+def short_values(short: str) -> dict[str, object]:
+    """The config values the appended options set: {"train.epochs": 1, "data.val_fraction": 0.02, ...}."""
+    args, values = shlex.split(short), {}
+    for option, value in zip(args[::2], args[1::2], strict=True):
+        if option == "--set":
+            option, _, value = value.partition("=")
+        else:
+            option = SHORTCUT_KEYS[option]
+        values[option] = yaml.safe_load(value)
+    return values
+
+
 def check_shortened(work: Path, run: str) -> None:
-    """The appended --epochs/--limit won over the README's own values (the last option wins)."""
+    """The appended options won over the README's own values (the last option wins)."""
     configs = sorted((work / run).glob("**/config.yaml"))
     assert configs, f"{run}: no config.yaml written"
     for path in configs:
         cfg = yaml.safe_load(path.read_text())
-        assert cfg["train"]["epochs"] == 1, f"{path}: the appended --epochs 1 did not win"
-        assert cfg["data"]["limit"] == SHORT_LIMIT[cfg["task"]], f"{path}: the appended --limit did not win"
+        for key, want in short_values(SHORT[cfg["task"]]).items():
+            section, name = key.split(".")
+            got = cfg[section][name]
+            assert got == want, f"{path}: {key} is {got!r}; the appended {SHORT[cfg['task']]!r} did not win"
 
 
 class Server:
@@ -312,7 +354,7 @@ class Server:
         self.proc = subprocess.Popen(
             ["bash", "-c", f"exec {self.cmd}"],
             cwd=work,
-            env=env(),
+            env=env(work),
             stdout=self.log.open("w"),
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -399,10 +441,11 @@ class Runner:
                 server = Server(self.work, cmd)
                 server.stop()
                 assert server.health["status"] == "ok", server.health
-                for task in ("fashion", "facade"):  # the models asked for are the ones served
-                    asked = re.search(rf"--{task}\s+(\S+)", cmd)
-                    want = Path(asked.group(1)).name if asked else task
-                    assert server.health["models"][task]["name"] == want, (cmd, server.health)
+                # the models asked for are the ones served; the slots' old option names still count
+                for slot, old in (("classify", "fashion"), ("segment", "facade")):
+                    asked = re.search(rf"--(?:{slot}|{old})\s+(\S+)", cmd)
+                    want = Path(asked.group(1)).name if asked else old  # default: the shipped model
+                    assert server.health["models"][slot]["name"] == want, (cmd, server.health)
         elif kind == "curl":
             serve_blocks = [b for b in BLOCKS if b.kind() == "serve" and b.line < block.line]
             assert serve_blocks, "a curl block needs a `cnnlab serve` block before it"

@@ -9,11 +9,11 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from conftest import synthetic_facade
+from conftest import make_classify_folder, make_segment_folder, synthetic_facade
 from PIL import Image
 
-from cnnlab import engine, runs
-from cnnlab.config import load_config
+from cnnlab import api, runs
+from cnnlab.config import dump_config, load_config
 from cnnlab.errors import CheckpointError, ConfigError
 from cnnlab.report.compare import find_runs, write_compare
 from cnnlab.report.run_page import write_report
@@ -45,9 +45,9 @@ def _facade_cfg(data_dir, *extra):
 def sweep(tiny_fashion, tmp_path_factory) -> Path:
     """A folder of three fashion runs, like `sweep-activations` writes; the third never evaluated on test."""
     root = tmp_path_factory.mktemp("sweep")
-    engine.train(_fashion_cfg(tiny_fashion), root / "relu", progress=False)
-    engine.train(_fashion_cfg(tiny_fashion, "model.activation=leaky_relu"), root / "leaky_relu", progress=False)
-    engine.train(_fashion_cfg(tiny_fashion, "train.seed=1"), root / "seed1", progress=False, finish=False)
+    api.train_config(_fashion_cfg(tiny_fashion), root / "relu", progress=False)
+    api.train_config(_fashion_cfg(tiny_fashion, "model.activation=leaky_relu"), root / "leaky_relu", progress=False)
+    api.train_config(_fashion_cfg(tiny_fashion, "train.seed=1"), root / "seed1", progress=False, finish=False)
     return root
 
 
@@ -60,13 +60,32 @@ def fashion_run(sweep) -> Path:
 @pytest.fixture(scope="module")
 def facade_run(tiny_facade, tmp_path_factory) -> Path:
     """A facade run with `predict` outputs in RUN/predictions, and its report."""
-    run = engine.train(_facade_cfg(tiny_facade), tmp_path_factory.mktemp("facade") / "run", progress=False).run_dir
+    run = api.train_config(_facade_cfg(tiny_facade), tmp_path_factory.mktemp("facade") / "run", progress=False).run_dir
     photo = run.parent / "street.jpg"
     Image.fromarray(synthetic_facade(80, 7)[0]).save(photo)
     model, _ = runs.load_model(run)
     segment_files(model, get_task("facade"), [photo], run / "predictions")
     write_report(run)
     return run
+
+
+@pytest.fixture(scope="module")
+def classify_run(cache_dir, tmp_path_factory) -> Path:
+    """A finished `cnnlab classify` run (report written) on a folder of 10x10 RGB images."""
+    base = tmp_path_factory.mktemp("folder")
+    data = make_classify_folder(base / "data", classes=("cat", "dog", "owl"))
+    cfg = load_config("classify", "small", [f"data.dir={data}", "train.epochs=1", "train.threads=1"])
+    return api.train_config(cfg, base / "run", progress=False).run_dir
+
+
+@pytest.fixture(scope="module")
+def segment_run(cache_dir, tmp_path_factory) -> Path:
+    """A finished `cnnlab segment` run (report written) on a folder of 24x24 grey images."""
+    base = tmp_path_factory.mktemp("folder")
+    data = make_segment_folder(base / "data")
+    tiny = ["data.val_fraction=0.25", "data.test_fraction=0.25", "train.batch_size=4"]
+    cfg = load_config("segment", "unet", [f"data.dir={data}", *tiny, "train.epochs=1", "train.threads=1"])
+    return api.train_config(cfg, base / "run", progress=False).run_dir
 
 
 class _Page(HTMLParser):
@@ -146,6 +165,7 @@ def test_facade_report_tables_colours_and_predictions(facade_run):
     assert 'id="predictions"' in page_text and "data:image/jpeg;base64," in page_text
     for share in areas.values():
         assert f"{share:.2%}" in page_text
+    assert "model unet, 2 epochs" in page_text  # the facade nets take no activation: none shown
 
 
 @pytest.mark.parametrize("which", ["fashion_run", "facade_run"])
@@ -162,7 +182,7 @@ def test_report_is_one_self_contained_file(which, request):
 
 
 def test_partial_banner_and_a_run_without_evaluation(tiny_fashion, tmp_path):
-    res = engine.train(_fashion_cfg(tiny_fashion), tmp_path / "run", progress=False, max_steps=20)  # 17 per epoch
+    res = api.train_config(_fashion_cfg(tiny_fashion), tmp_path / "run", progress=False, max_steps=20)  # 17 per epoch
     assert not res.completed
     page = write_report(res.run_dir, partial=True).read_text()
     assert 'id="partial-banner"' in page and "interrupted at epoch 2 step 20" in page
@@ -211,6 +231,52 @@ def test_compare_refuses_mixed_tasks_and_non_runs(sweep, facade_run, tmp_path):
         find_runs([tmp_path / "missing"])
 
 
+def test_folder_classify_report_names_the_folders_classes(classify_run):
+    page_text = (classify_run / "report.html").read_text()
+    page = _Page(page_text)
+    val = json.loads((classify_run / "eval_val.json").read_text())
+    rows = page.tables["per-class-table"]
+    assert [r[0] for r in rows[1:-1]] == ["cat", "dog", "owl"]
+    assert _column(rows, "validation accuracy") == [f"{v:.2%}" for v in val["per_class_acc"]] + [f"{val['acc']:.2%}"]
+    assert "classify run</span>" in page_text and "model resnet (relu)," in page_text  # the model's default
+    for png in (classify_run / "figures").glob("*.png"):
+        assert base64.b64encode(png.read_bytes()).decode() in page_text, f"{png.name} not embedded as is"
+    examples = json.loads((classify_run / "figures" / "examples_val.json").read_text())["indices"]
+    assert list(examples) == ["cat", "dog", "owl"]  # a row of example images per class
+    # RGB inputs: the first layer's kernels are drawn like the deeper ones, and captioned so.
+    assert "<b>filters_conv1</b>: The learned kernels of a convolution layer on one shared scale" in page_text
+    assert "Fashion" not in page_text and "facade" not in page_text
+
+
+def test_folder_segment_report_of_grey_images(segment_run):
+    page_text = (segment_run / "report.html").read_text()
+    page = _Page(page_text)
+    test = json.loads((segment_run / "eval_test.json").read_text())
+    rows = page.tables["per-class-table"]
+    assert [r[0] for r in rows[1:-1]] == ["ground", "blob"]
+    assert _column(rows, "test IoU") == [f"{v:.4f}" for v in test["iou"]] + [f"{test['miou']:.4f}"]
+    swatches = [v for tag, k, v in page.attrs if tag == "span" and k == "style"]
+    assert swatches[:2] == ["background:#1F77B4", "background:#FF0000"]  # palette, then classes.yaml's colour
+    assert {"best_val", "worst_test", "confusion_test"} <= {p.stem for p in (segment_run / "figures").glob("*.png")}
+    for png in (segment_run / "figures").glob("*.png"):
+        assert f'id="fig-{png.stem}"' in page_text, png.name
+    assert "model unet, 1 epoch" in page_text  # no activation setting: none shown
+
+
+def test_compare_folder_runs_on_other_classes_leaves_out_per_class(classify_run, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(classify_run, other, ignore=shutil.ignore_patterns("checkpoints"))
+    page_text = write_compare([classify_run, other], tmp_path / "c.html").read_text()
+    assert "Test accuracy per class" in page_text  # same classes: a column per run
+    cfg = runs.load_run_config(other)
+    cfg.data.classes = ["x", "y", "z"]
+    dump_config(cfg, other / "config.yaml")
+    page_text = write_compare([classify_run, other], tmp_path / "c.html").read_text()
+    assert "trained on different classes" in page_text and "Test accuracy per class" not in page_text
+    row = [r for r in _Page(page_text).tables["settings-table"] if r[0] == "data.classes"]
+    assert row == [["data.classes", "['cat', 'dog', 'owl']", "['x', 'y', 'z']"]]
+
+
 # ---------------------------------------------------------------- in a real browser (fixture `browser`: conftest.py)
 
 
@@ -230,11 +296,12 @@ def _check_in_browser(driver, page: Path, shot: Path) -> None:
     print(f"screenshot: {shot}")
 
 
-def test_pages_render_in_headless_chromium(browser, fashion_run, facade_run, sweep, tmp_path):
+def test_pages_render_in_headless_chromium(browser, fashion_run, facade_run, classify_run, sweep, tmp_path):
     # Each page is opened from a folder of its own: it must not need anything next to it.
     pages = {
         "fashion": fashion_run / "report.html",
         "facade": facade_run / "report.html",
+        "folder": classify_run / "report.html",  # RGB example images
         "compare": write_compare([sweep], sweep / "compare.html"),
     }
     for name, page in pages.items():

@@ -1,4 +1,5 @@
-"""`cnnlab serve`: the JSON API on real images, its refusals and limits, the page in Chromium, a load test."""
+"""`cnnlab serve`: the JSON API on real images, its refusals and limits, a folder run in a slot, the page in
+Chromium, a load test."""
 
 from __future__ import annotations
 
@@ -21,9 +22,10 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from conftest import one_error_line, run_cli
 from PIL import Image
 
-from cnnlab import engine, pretrained
+from cnnlab import api, pretrained
 from cnnlab.config import load_config
 from cnnlab.data import fashion
 from cnnlab.data.images import load_photo
@@ -32,7 +34,6 @@ from cnnlab.runs import load_model
 from cnnlab.segment import segment_photo
 from cnnlab.serve import Limits, create_app
 from cnnlab.tasks import get_task
-from cnnlab.tasks.facade import HEX
 
 with warnings.catch_warnings():
     # Starlette 1.x asks for httpx2, which needs Python 3.11; httpx still works, and cnnlab supports 3.10.
@@ -52,8 +53,8 @@ def runs(tiny_fashion, tiny_facade, tmp_path_factory) -> dict[str, Path]:
          "train.epochs=1", "train.batch_size=4", "augment.crop_size=32", "train.threads=1"],
     )  # fmt: skip
     return {
-        "fashion": engine.train(fashion_cfg, root / "fashion", progress=False, finish=False).run_dir,
-        "facade": engine.train(facade_cfg, root / "facade", progress=False, finish=False).run_dir,
+        "fashion": api.train_config(fashion_cfg, root / "fashion", progress=False, finish=False).run_dir,
+        "facade": api.train_config(facade_cfg, root / "facade", progress=False, finish=False).run_dir,
     }
 
 
@@ -114,24 +115,33 @@ def test_health_page_and_openapi(client):
     health = client.get("/api/health").json()
     assert health["status"] == "ok" and all(m["ready"] for m in health["models"].values())
     assert health["limits"] == {"max_upload_bytes": 20 * 2**20, "max_pixels": 40_000_000, "workers": 2, "queue": 16}
+    for kind, run in (("classify", "fashion"), ("segment", "facade")):  # each slot says what the page shows
+        task = get_task(run)
+        assert health["models"][kind] == {
+            "ready": True, "name": run, "error": None, "task": run, "description": task.data_description,
+            "classes": list(task.classes), "colors": list(task.colors),
+        }  # fmt: skip
     page = client.get("/")
     assert page.headers["content-type"].startswith("text/html")
     assert "http://" not in page.text and "https://" not in page.text  # no CDN: the machine may be offline
-    assert 'id="facade-file"' in page.text and 'id="fashion-file"' in page.text
+    assert 'id="segment-file"' in page.text and 'id="classify-file"' in page.text
+    assert not re.search("fashion|facade|garment|clothing", page.text, re.IGNORECASE)  # it labels itself from health
     paths = client.get("/openapi.json").json()["paths"]
-    assert {"/api/facade", "/api/fashion", "/api/health"} <= set(paths)
-    assert "multipart/form-data" in paths["/api/facade"]["post"]["requestBody"]["content"]
+    assert set(paths) == {"/api/classify", "/api/segment", "/api/health"}  # the old names are aliases, not in it
+    assert "multipart/form-data" in paths["/api/segment"]["post"]["requestBody"]["content"]
+    assert "Served: fashion, trained on Fashion-MNIST" in paths["/api/classify"]["post"]["description"]
 
 
 def test_facade_segments_a_real_photo_as_the_cli_does(client, runs, facade_photo):
-    r = _post(client, "facade", facade_photo.read_bytes(), facade_photo.name)
+    r = _post(client, "segment", facade_photo.read_bytes(), facade_photo.name)
     assert r.status_code == 200, r.text
     d = r.json()
     img, _ = load_photo(facade_photo)
     assert (d["width"], d["height"]) == (img.shape[2], img.shape[1])
     classes = list(get_task("facade").classes)
     assert list(d["areas"]) == classes and sum(d["areas"].values()) == pytest.approx(1)
-    assert d["colors"] == dict(zip(classes, HEX, strict=True))
+    assert d["colors"] == {"others": "#000000", "facade": "#0080FF", "pillar": "#80FF80", "window": "#FF8000",
+                           "balcony": "#FF0000"}  # fmt: skip
     labels = _from_data_uri(d["labels_png"])
     assert labels.mode == "P" and labels.size == (d["width"], d["height"])
     counted = np.bincount(np.asarray(labels).ravel(), minlength=len(classes)) / labels.width / labels.height
@@ -146,7 +156,7 @@ def test_facade_segments_a_real_photo_as_the_cli_does(client, runs, facade_photo
 
 def test_fashion_classifies_a_real_test_image_as_the_cli_does(client, runs, garment):
     data, x = garment
-    r = _post(client, "fashion", data, "garment.png")
+    r = _post(client, "classify", data, "garment.png")
     assert r.status_code == 200, r.text
     d = r.json()
     assert d["notes"] == []  # a Fashion-MNIST image is used as it is
@@ -159,12 +169,12 @@ def test_fashion_classifies_a_real_test_image_as_the_cli_does(client, runs, garm
 
 
 REFUSED = {
-    "text named .jpg": ("facade", b"just some text", 415, "not a readable image"),
-    "image format not served": ("fashion", _encoded("PCX", np.zeros((64, 64, 3), np.uint8)), 415, "not a readable"),
-    "truncated jpeg": ("facade", _encoded("JPEG", np.full((300, 300, 3), 90, np.uint8))[:300], 400, "not a readable"),
-    "over the pixel cap": ("facade", _declared_png(8000, 6000), 400, "over the limit of 40,000,000"),
-    "decompression bomb": ("fashion", _declared_png(30000, 30000), 400, "decompression bomb"),
-    "too small": ("facade", _encoded("PNG", np.zeros((16, 16, 3), np.uint8)), 400, "too small"),
+    "text named .jpg": ("segment", b"just some text", 415, "not a readable image"),
+    "image format not served": ("classify", _encoded("PCX", np.zeros((64, 64, 3), np.uint8)), 415, "not a readable"),
+    "truncated jpeg": ("segment", _encoded("JPEG", np.full((300, 300, 3), 90, np.uint8))[:300], 400, "not a readable"),
+    "over the pixel cap": ("segment", _declared_png(8000, 6000), 400, "over the limit of 40,000,000"),
+    "decompression bomb": ("classify", _declared_png(30000, 30000), 400, "decompression bomb"),
+    "too small": ("segment", _encoded("PNG", np.zeros((16, 16, 3), np.uint8)), 400, "too small"),
 }
 
 
@@ -185,27 +195,27 @@ def _multipart(part_headers: str, body: bytes = b"x") -> dict:
 
 HOW_TO_SEND = "send the image as the multipart/form-data field 'file', as curl -F file=@photo.jpg does"
 MALFORMED = {  # request: (method, path, httpx arguments, status, the detail or its start)
-    "no file field": ("post", "/api/facade", {"files": {"image": ("a.jpg", b"x")}}, 422,
+    "no file field": ("post", "/api/segment", {"files": {"image": ("a.jpg", b"x")}}, 422,
                       f"missing the multipart field 'file'; {HOW_TO_SEND}"),
-    "a JSON body": ("post", "/api/fashion", {"json": {"file": "x"}}, 422,
+    "a JSON body": ("post", "/api/classify", {"json": {"file": "x"}}, 422,
                     f"expected a multipart/form-data body, got application/json; {HOW_TO_SEND}"),
-    "the raw image": ("post", "/api/facade", {"content": b"\xff\xd8\xff", "headers": {"content-type": "image/jpeg"}},
+    "the raw image": ("post", "/api/segment", {"content": b"\xff\xd8\xff", "headers": {"content-type": "image/jpeg"}},
                       422, f"expected a multipart/form-data body, got image/jpeg; {HOW_TO_SEND}"),
-    "no content type": ("post", "/api/facade", {"content": b"x"}, 422,
+    "no content type": ("post", "/api/segment", {"content": b"x"}, 422,
                         f"expected a multipart/form-data body, got one with no Content-Type; {HOW_TO_SEND}"),
-    "a form field": ("post", "/api/fashion", {"data": {"file": "photo.jpg"}}, 422,
+    "a form field": ("post", "/api/classify", {"data": {"file": "photo.jpg"}}, 422,
                      f"expected a multipart/form-data body, got application/x-www-form-urlencoded; {HOW_TO_SEND}"),
-    "a part with no filename": ("post", "/api/facade", _multipart('Content-Disposition: form-data; name="file"'), 422,
+    "a part with no filename": ("post", "/api/segment", _multipart('Content-Disposition: form-data; name="file"'), 422,
                                 f"the multipart field 'file' is not a file (its part has no filename); {HOW_TO_SEND}"),
-    "no boundary": ("post", "/api/facade", {"content": b"x", "headers": {"content-type": "multipart/form-data"}}, 400,
+    "no boundary": ("post", "/api/segment", {"content": b"x", "headers": {"content-type": "multipart/form-data"}}, 400,
                     "Missing boundary in multipart."),
-    "garbled multipart": ("post", "/api/fashion", {"content": b"garbage", "headers": {
+    "garbled multipart": ("post", "/api/classify", {"content": b"garbage", "headers": {
                           "content-type": "multipart/form-data; boundary=b"}}, 400, "Invalid multipart data."),
-    "a filename over lines": ("post", "/api/facade", _multipart(
+    "a filename over lines": ("post", "/api/segment", _multipart(
                               'Content-Disposition: form-data; name="file"; filename="a\tb\x0bc.jpg"', b"text"), 415,
                               "a b c.jpg: not a readable image"),
-    "no such path": ("get", "/api/segment", {}, 404, "Not Found"),
-    "a wrong method": ("get", "/api/facade", {}, 405, "Method Not Allowed"),
+    "no such path": ("get", "/api/detect", {}, 404, "Not Found"),
+    "a wrong method": ("get", "/api/segment", {}, 405, "Method Not Allowed"),
 }  # fmt: skip
 
 
@@ -226,10 +236,10 @@ def test_a_bug_answers_500_with_one_line_of_json(runs, garment):
             raise RuntimeError("weights\nlost")
 
     app = create_app(runs["fashion"], runs["facade"])
-    app.state.served["fashion"].model = Broken()
+    app.state.served["classify"].model = Broken()
     # raise_server_exceptions=False: answer as the real server does (uvicorn logs the exception, raised again)
     with TestClient(app, raise_server_exceptions=False) as c:
-        r = _post(c, "fashion", garment[0])
+        r = _post(c, "classify", garment[0])
     assert r.status_code == 500
     assert r.json() == {"detail": "internal error: RuntimeError: weights lost; the server log has the traceback"}
 
@@ -239,7 +249,7 @@ def test_the_schema_says_errors_are_one_line_of_json(client):
     openapi = client.get("/openapi.json").json()
     assert openapi["components"]["schemas"]["ErrorDetail"]["required"] == ["detail"]
     assert "HTTPValidationError" not in openapi["components"]["schemas"]  # FastAPI's list of errors
-    for endpoint in ("facade", "fashion"):
+    for endpoint in ("segment", "classify"):
         responses = openapi["paths"][f"/api/{endpoint}"]["post"]["responses"]
         assert set(responses) == {"200", "400", "413", "415", "422", "500", "503"}
         for status in set(responses) - {"200"}:
@@ -251,10 +261,10 @@ def test_the_schema_says_errors_are_one_line_of_json(client):
 def test_uploads_over_the_size_limit_are_413(runs):
     with TestClient(create_app(runs["fashion"], runs["facade"], Limits(max_upload_bytes=2**20))) as c:
         answers = {
-            "just over": _post(c, "facade", b"\0" * (2**20 + 1)),  # the file itself, read by the endpoint
-            "declared": _post(c, "facade", b"\0" * 3 * 2**20),  # refused from Content-Length, unread
+            "just over": _post(c, "segment", b"\0" * (2**20 + 1)),  # the file itself, read by the endpoint
+            "declared": _post(c, "segment", b"\0" * 3 * 2**20),  # refused from Content-Length, unread
             "chunked": c.post(  # no Content-Length: counted as it arrives
-                "/api/facade",
+                "/api/segment",
                 content=iter([b"\0" * 2**16] * 48),
                 headers={"content-type": "multipart/form-data; boundary=x"},
             ),
@@ -267,10 +277,88 @@ def test_uploads_over_the_size_limit_are_413(runs):
 def test_a_missing_model_answers_503_and_the_other_task_works(runs, garment, facade_photo, tmp_path, monkeypatch):
     monkeypatch.setenv(pretrained.ENV_VAR, str(tmp_path))  # no shipped models there
     with TestClient(create_app(runs["fashion"], None)) as c:
-        r = _post(c, "facade", facade_photo.read_bytes())
-        assert r.status_code == 503 and r.json()["detail"].startswith("no facade model loaded: no shipped facade model")
+        r = _post(c, "segment", facade_photo.read_bytes())
+        assert r.status_code == 503
+        assert r.json()["detail"].startswith("no segment model loaded: no shipped facade model")
         assert c.get("/api/health").json()["status"] == "degraded"
-        assert _post(c, "fashion", garment[0]).status_code == 200
+        assert _post(c, "classify", garment[0]).status_code == 200
+
+
+def test_the_old_endpoint_names_answer_as_the_new_ones(client, garment, facade_photo):
+    """/api/fashion and /api/facade, from before folder tasks, are the classify and segment slots."""
+    for old, new, data in (("fashion", "classify", garment[0]), ("facade", "segment", facade_photo.read_bytes())):
+        answers = [_post(client, endpoint, data) for endpoint in (old, new)]
+        assert [a.status_code for a in answers] == [200, 200]
+        assert answers[0].json() == answers[1].json()
+
+
+def test_a_model_of_the_other_kind_is_refused_for_its_slot(runs):
+    with TestClient(create_app(runs["facade"], runs["fashion"])) as c:
+        health = c.get("/api/health").json()
+        assert health["status"] == "degraded"
+        refused = health["models"]["classify"]["error"]
+        assert refused.endswith("a facade model, not a classify one; serve it with --segment")
+        assert health["models"]["segment"]["classes"] == [] and health["models"]["segment"]["task"] is None
+        r = _post(c, "segment", b"x")
+    assert r.status_code == 503
+    assert r.json()["detail"].endswith("a fashion model, not a segment one; serve it with --classify")
+
+
+FOLDER_CLASSES = ("circle", "cross", "square")  # not Fashion-MNIST's, so an answer in them is the folder run's
+
+
+@pytest.fixture(scope="module")
+def folder_run(tmp_path_factory) -> Path:
+    """A `cnnlab classify` run on a generated folder of 12x12 RGB images, each class a colour of its own."""
+    root = tmp_path_factory.mktemp("folder-classify")
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(FOLDER_CLASSES):
+        (root / "data" / "train" / name).mkdir(parents=True)
+        for i in range(8):
+            pixels = rng.integers(0, 60, (12, 12, 3))
+            pixels[..., c] += 190
+            Image.fromarray(pixels.astype(np.uint8)).save(root / "data" / "train" / name / f"{i}.png")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CNNLAB_CACHE_DIR", str(root / "cache"))  # decoded arrays go here, not to ~/.cache
+        overrides = [f"data.dir={root / 'data'}", "train.epochs=1", "train.threads=1"]
+        cfg = load_config("classify", "small", overrides)
+        return api.train_config(cfg, root / "pets", progress=False, finish=False).run_dir
+
+
+def test_a_folder_classify_run_serves_its_own_classes(folder_run, runs):
+    with TestClient(create_app(folder_run, runs["facade"])) as c:
+        slot = c.get("/api/health").json()["models"]["classify"]
+        photo = np.zeros((48, 40, 3), np.uint8)
+        photo[..., 2] = 230  # blue: "square"'s colour
+        r = _post(c, "classify", _encoded("PNG", photo), "blue.png")
+        described = c.get("/openapi.json").json()["paths"]["/api/classify"]["post"]["description"]
+    assert slot["ready"] and slot["name"] == "pets" and slot["task"] == "classify"
+    assert slot["classes"] == list(FOLDER_CLASSES) and slot["colors"] == ["#1F77B4", "#FF7F0E", "#2CA02C"]
+    assert slot["description"] == "the image folder data"  # its name, not the server's path
+    assert "classes: circle, cross, square." in described and "Fashion" not in described
+    assert r.status_code == 200, r.text
+    d = r.json()
+    assert d["notes"] == ["resized 40x48 to 12x12"]  # the run's training size, not Fashion-MNIST's 28x28 grey
+    assert sorted(g["class"] for g in d["top"]) == list(FOLDER_CLASSES)  # 3 classes: the top 3 are all of them
+    assert sum(g["probability"] for g in d["top"]) == pytest.approx(1, abs=1e-5)
+    model, cfg = load_model(folder_run)
+    task = get_task(cfg)
+    x, _ = task.photo_input(torch.from_numpy(photo).permute(2, 0, 1).contiguous())
+    expected = classify(model, task, x)
+    assert [(g["class"], g["probability"]) for g in d["top"]] == [(c, pytest.approx(p, abs=1e-5)) for c, p in expected]
+
+
+def test_the_old_options_fill_the_slots(folder_run, runs, monkeypatch, capsys):
+    """`cnnlab serve --fashion RUN --facade RUN`, from before folder tasks, still works; with the new name too, not."""
+    started = {}
+    monkeypatch.setattr("uvicorn.run", lambda app, **_: started.update(app=app))  # built, but not listening
+    code, _, err = run_cli(monkeypatch, capsys, "serve", "--fashion", folder_run, "--facade", runs["facade"])
+    assert code == 0 and err == ""
+    served = started["app"].state.served
+    assert (served["classify"].name, served["classify"].task.classes) == ("pets", FOLDER_CLASSES)
+    assert served["segment"].model is not None and served["segment"].task.name == "facade"
+    code, _, err = run_cli(monkeypatch, capsys, "serve", "--classify", "fashion", "--fashion", "fashion")
+    one_error_line(code, err, "--fashion and --facade are the old names of --classify and --segment")
 
 
 class _Held(torch.nn.Module):
@@ -288,13 +376,13 @@ class _Held(torch.nn.Module):
 
 def test_a_full_queue_answers_503_with_retry_after(runs, garment):
     app = create_app(runs["fashion"], runs["facade"], Limits(workers=1, queue=1))
-    held = app.state.served["fashion"].model = _Held(app.state.served["fashion"].model)
+    held = app.state.served["classify"].model = _Held(app.state.served["classify"].model)
     with TestClient(app) as c, ThreadPoolExecutor(2) as pool:
-        running = pool.submit(_post, c, "fashion", garment[0])
+        running = pool.submit(_post, c, "classify", garment[0])
         assert held.entered.wait(30)
-        waiting = pool.submit(_post, c, "fashion", garment[0])
+        waiting = pool.submit(_post, c, "classify", garment[0])
         _until(lambda: app.state.gate.admitted == 2)
-        refused = _post(c, "fashion", garment[0])
+        refused = _post(c, "classify", garment[0])
         held.go.set()
         assert refused.status_code == 503 and refused.headers["retry-after"] == "2"
         assert refused.json()["detail"].startswith("busy: 2 requests are running or waiting")
@@ -309,7 +397,7 @@ def test_a_full_queue_answers_503_with_retry_after(runs, garment):
 def server(runs, tmp_path_factory):
     """`cnnlab serve --port 0` in a process of its own, as a user starts it; yields its URL and working folder."""
     cwd, log = tmp_path_factory.mktemp("server-cwd"), tmp_path_factory.mktemp("server-log") / "stderr.txt"
-    args = ["serve", "--port", "0", "--fashion", runs["fashion"], "--facade", runs["facade"]]
+    args = ["serve", "--port", "0", "--classify", runs["fashion"], "--segment", runs["facade"]]
     with open(log, "w") as err:
         proc = subprocess.Popen([sys.executable, "-m", "cnnlab", *map(str, args)], cwd=cwd, stdout=err, stderr=err)
     try:
@@ -329,12 +417,19 @@ def test_page_in_headless_chromium(browser, server, facade_photo, garment, tmp_p
     url, _ = server
     wait = WebDriverWait(browser, 30)
     browser.get(url + "/")
-    wait.until(lambda d: d.find_element(By.ID, "facade-model").text.startswith("Model: "))
-    browser.find_element(By.ID, "facade-file").send_keys(str(facade_photo))
+    wait.until(lambda d: d.find_element(By.ID, "segment-model").text.startswith("Model: "))
+    for kind, run in (("classify", "fashion"), ("segment", "facade")):  # labelled from the models it serves
+        task = get_task(run)
+        assert browser.find_element(By.ID, f"{kind}-title").text.endswith(f": {run}")
+        assert task.data_description in browser.find_element(By.ID, f"{kind}-model").text
+        legend = [li.text for li in browser.find_elements(By.CSS_SELECTOR, f"#{kind}-legend li")]
+        assert legend == list(task.classes)
+        assert f"these {len(task.classes)} classes" in browser.find_element(By.ID, f"{kind}-label").text
+    browser.find_element(By.ID, "segment-file").send_keys(str(facade_photo))
     wait.until(
         lambda d: d.execute_script(
             "const img = document.getElementById('overlay');"
-            "return !document.getElementById('facade-result').hidden && img.complete && img.naturalWidth > 0"
+            "return !document.getElementById('segment-result').hidden && img.complete && img.naturalWidth > 0"
         )
     )
     assert browser.execute_script("return document.getElementById('overlay').naturalWidth") == 256
@@ -344,7 +439,7 @@ def test_page_in_headless_chromium(browser, server, facade_photo, garment, tmp_p
     assert sum(shares) == pytest.approx(100, abs=0.5)
 
     (tmp_path / "garment.png").write_bytes(garment[0])
-    browser.find_element(By.ID, "fashion-file").send_keys(str(tmp_path / "garment.png"))
+    browser.find_element(By.ID, "classify-file").send_keys(str(tmp_path / "garment.png"))
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#top tbody tr")) == 3)
 
     errors = [e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE"]
@@ -358,7 +453,7 @@ def test_page_in_headless_chromium(browser, server, facade_photo, garment, tmp_p
 def test_load_on_loopback(server, facade_photo, garment):
     """200 uploads, 8 at a time, one in four a facade photo: every one answered, none refused."""
     url, cwd = server
-    work = [("facade", facade_photo.read_bytes()) if i % 4 == 0 else ("fashion", garment[0]) for i in range(200)]
+    work = [("segment", facade_photo.read_bytes()) if i % 4 == 0 else ("classify", garment[0]) for i in range(200)]
     clients = [httpx.Client(base_url=url, timeout=60) for _ in range(8)]
 
     def one(i: int) -> tuple[int, float]:

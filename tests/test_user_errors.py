@@ -15,11 +15,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from cnnlab import checkpoint, engine, outputs, runs
+from cnnlab import api, checkpoint, engine, outputs, runs
 from cnnlab.config import config_keys, load_config
 
 FAST = ["--set", "train.threads=1", "--batch-size", "32", "--no-progress"]
-DONE = mock.Mock(interrupted=False, run_dir="r")  # engine.train's result, when the test stops short of training
+# engine.train's result, when the test stops short of training
+DONE = mock.Mock(interrupted=False, run_dir="r", finished=False)
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +32,7 @@ def fm(tmp_path_factory) -> Path:
 def run(fm, tmp_path_factory) -> Path:
     """A finished 1-epoch fashion run."""
     cfg = load_config("fashion", "seed-a", [f"data.dir={fm}", "train.epochs=1", "train.threads=1"])
-    return engine.train(cfg, tmp_path_factory.mktemp("runs") / "r", progress=False).run_dir
+    return api.train_config(cfg, tmp_path_factory.mktemp("runs") / "r", progress=False).run_dir
 
 
 def _copy(run: Path, tmp_path: Path) -> Path:

@@ -17,8 +17,8 @@ import torch
 from . import engine, evaluation, runs
 from .checkpoint import atomic_write
 from .config import Override, RunConfig, load_config
-from .engine import TrainResult
 from .errors import ConfigError
+from .loop import TrainResult, console
 from .outputs import check_dir
 
 __all__ = ["evaluate", "load_model", "predict", "sweep_activations", "train"]
@@ -70,7 +70,18 @@ def train(
     seed, data_dir, limit. The run folder is `out`, default runs/<task>-<recipe>-<time>.
     """
     cfg = resolve_config(task, recipe, overrides, **shortcuts)
-    return engine.train(cfg, Path(out) if out else None, progress=progress)
+    return train_config(cfg, Path(out) if out else None, progress=progress)
+
+
+def train_config(cfg: RunConfig | None, run_dir: Path | None = None, **options: Any) -> TrainResult:
+    """`engine.train` (same arguments), then the run's report.html from what it wrote: a partial report
+    for a stopped run. The loop itself writes figures and evaluations only."""
+    result = engine.train(cfg, run_dir, **options)
+    if result.finished:
+        from .report.run_page import write_report
+
+        console.print(f"report: {write_report(result.run_dir, partial=not result.completed)}")
+    return result
 
 
 def evaluate(
@@ -138,7 +149,8 @@ def sweep_activations(
 ) -> dict[str, dict]:
     """Train one Fashion-MNIST run per activation (relu, leaky_relu, sigmoid) into `out` and tabulate
     their validation and test accuracy (also written to sweep.md, sweep.json and a figure)."""
-    from .report.figures import plot_sweep, write_json
+    from .outputs import write_json
+    from .report.figures import plot_sweep
 
     base = resolve_config("fashion", recipe, overrides, **shortcuts)
     out = Path(out) if out else runs.default_run_dir(base).with_name(f"sweep-activations-{base.recipe}")
@@ -147,7 +159,7 @@ def sweep_activations(
     for act in ("relu", "leaky_relu", "sigmoid"):
         cfg = base.model_copy(deep=True)
         cfg.model.activation = act
-        res = engine.train(cfg, out / act, progress=progress)
+        res = train_config(cfg, out / act, progress=progress)
         hist = [r for r in res.history if r["kind"] == "epoch"]
         test = runs.read_eval(out / act, "test")
         results[act] = {

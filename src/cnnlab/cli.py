@@ -1,4 +1,4 @@
-"""Command line: `cnnlab fashion|facade train|evaluate|predict ...`. Bad input: one line, exit 2."""
+"""Command line: `cnnlab fashion|facade|classify|segment train|evaluate|predict ...`. Bad input: one line, exit 2."""
 
 from __future__ import annotations
 
@@ -10,14 +10,15 @@ from typing import Literal
 
 import typer
 
-from . import api, engine, runs
-from .config import recipe_names
+from . import api, runs
+from .config import DEFAULT_RECIPES, KINDS, recipe_names
 from .errors import CnnlabError
 from .outputs import check_file
 from .tasks import get_task
 
 app = typer.Typer(
-    help="Train, evaluate and explain small CNNs: Fashion-MNIST classification and facade segmentation.",
+    help="Train, evaluate and explain small CNNs: image classification and segmentation, on the built-in "
+    "Fashion-MNIST and facade sets or on your own folders.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -26,14 +27,23 @@ app = typer.Typer(
 OVERRIDE_HELP = "Override a recipe value, e.g. --set train.epochs=3 --set optim.lr=3e-4 (repeatable)."
 
 
+DATA_HELP = {
+    "fashion": "Folder holding the Fashion-MNIST files (default: auto-detect); with --resume: where it is now.",
+    "facade": "Folder of NAME.jpg + NAME.png pairs (default: auto-detect); with --resume: where it is now.",
+    "classify": "Your image folder: DIR/train/<class>/*.png|jpg (optional DIR/val/, DIR/test/ alike).",
+    "segment": "Your folder: DIR/images/NAME.jpg, DIR/masks/NAME.png, DIR/classes.yaml (optional val/, test/).",
+}
+
+
 def _task_app(task: str, title: str) -> typer.Typer:
-    """The commands both tasks share, bound to one task."""
+    """The commands every task shares, bound to one task."""
     sub = typer.Typer(help=title, no_args_is_help=True)
+    default_recipe = DEFAULT_RECIPES[task]
 
     @sub.command()
     def train(
         recipe: str | None = typer.Option(
-            None, help=f"Recipe name ({', '.join(recipe_names(task))}) or a YAML file. [default: seed-a]"
+            None, help=f"Recipe name ({', '.join(recipe_names(task))}) or a YAML file (default: {default_recipe})."
         ),
         set_: list[str] = typer.Option([], "--set", help=OVERRIDE_HELP),
         epochs: int | None = typer.Option(None, help="Shortcut for --set train.epochs=N; with --resume: train to N."),
@@ -41,9 +51,7 @@ def _task_app(task: str, title: str) -> typer.Typer:
         lr: float | None = typer.Option(None, help="Shortcut for --set optim.lr=X."),
         seed: int | None = typer.Option(None, help="Shortcut for --set train.seed=N."),
         limit: int | None = typer.Option(None, help="Use only N training images (quick tries)."),
-        data_dir: str | None = typer.Option(
-            None, help="Folder holding the dataset (default: auto-detect); with --resume: where it is now."
-        ),
+        data_dir: str | None = typer.Option(None, "--data", "--data-dir", help=DATA_HELP[task]),
         out: Path | None = typer.Option(None, help="Run folder (default: runs/<task>-<recipe>-<time>)."),
         resume: Path | None = typer.Option(
             None, help="Continue the run in this folder where it stopped (also takes --epochs and --data-dir)."
@@ -68,14 +76,14 @@ def _task_app(task: str, title: str) -> typer.Typer:
                     f"{given[0]} with --resume: a resumed run keeps its settings (only --epochs and --data-dir may "
                     "change); start a new run with --out to change them"
                 )
-            res = engine.train(
+            res = api.train_config(
                 None, resume, resume=True, device=device, progress=progress, max_steps=max_steps, epochs=epochs,
                 data_dir=data_dir,
             )  # fmt: skip
         else:
             cfg = api.resolve_config(
                 task,
-                recipe or "seed-a",
+                recipe or default_recipe,
                 [*set_, *(["train.tensorboard=true"] if tensorboard else [])],
                 epochs=epochs,
                 batch_size=batch_size,
@@ -84,7 +92,7 @@ def _task_app(task: str, title: str) -> typer.Typer:
                 limit=limit,
                 data_dir=data_dir,
             )
-            res = engine.train(cfg, out, device=device, progress=progress, max_steps=max_steps)
+            res = api.train_config(cfg, out, device=device, progress=progress, max_steps=max_steps)
         if res.interrupted:
             raise typer.Exit(130)
         if os.environ.get("RANK", "0") == "0":
@@ -96,23 +104,26 @@ def _task_app(task: str, title: str) -> typer.Typer:
         split: Literal["test", "val"] = typer.Option("test", help="Split to evaluate."),
         checkpoint: Literal["best", "last"] = typer.Option("best", help="best (by validation) or last."),
         data_dir: str | None = typer.Option(None, help="Where the run's dataset is now, if it moved."),
-        data: Path | None = typer.Option(None, help="Evaluate on another labelled folder instead (facades)."),
+        data: Path | None = typer.Option(
+            None, help="Evaluate on another labelled folder instead (laid out like the run's data; not Fashion-MNIST)."
+        ),
     ) -> None:
         """Evaluate a run's checkpoint; writes eval_<split>.json and the split's figures into the run."""
         m = api.evaluate(run, split=split, which=checkpoint, data_dir=data_dir, external=data)
-        summary = get_task(runs.load_run_config(run).task).summary_line(m)
+        summary = get_task(runs.load_run_config(run)).summary_line(m)
         typer.echo(f"{m['split']} ({checkpoint} checkpoint, {m['n']} images): {summary}")
 
     return sub
 
 
-fashion_app = _task_app("fashion", "Fashion-MNIST classification (10 classes, 28x28 grey).")
-facade_app = _task_app("facade", "Facade segmentation (others, facade, pillar, window, balcony).")
-app.add_typer(fashion_app, name="fashion")
-app.add_typer(facade_app, name="facade")
-
-
+TITLES = {
+    "fashion": "Fashion-MNIST classification (10 classes, 28x28 grey).",
+    "facade": "Facade segmentation (others, facade, pillar, window, balcony).",
+    "classify": "Classify your own images: a folder with a subfolder per class.",
+    "segment": "Segment your own images: a folder of images, masks and classes.yaml.",
+}
 MODEL_HELP = "A shipped model's name (see `cnnlab models`) or a run folder; default: the shipped {task} model."
+RUN_HELP = "A run folder of this task (trained with `cnnlab {task} train`)."
 
 
 def _model_and_files(task: str, files: list[Path], model: str | None) -> tuple[Path, list[Path]]:
@@ -122,30 +133,60 @@ def _model_and_files(task: str, files: list[Path], model: str | None) -> tuple[P
             raise CnnlabError(f"{files[0]} and --model {model}: give the model once")
         model, files = str(files[0]), files[1:]
     if not files:
-        raise CnnlabError("no image files given; e.g. `cnnlab fashion predict shoe.png`")
+        raise CnnlabError(f"no image files given; e.g. `cnnlab {task} predict RUN photo.jpg`")
     from .pretrained import resolve_model
 
     return resolve_model(model, task), files
 
 
-@fashion_app.command("predict")
-def fashion_predict(
-    files: list[Path] = typer.Argument(
-        ..., metavar="[RUN] IMAGE", help="Image files (any size/colour; made 28x28 grey), after an optional run."
-    ),
-    model: str | None = typer.Option(None, help=MODEL_HELP.format(task="fashion")),
-    top: int = typer.Option(3, min=1, max=10, help="How many classes to show."),
-) -> None:
-    """Classify your own images; prints the top classes and what was done to each image."""
-    run, images = _model_and_files("fashion", files, model)
-    for r in api.predict(run, images, top=top):
-        guesses = ", ".join(f"{c} {p:.1%}" for c, p in r["top"])
-        typer.echo(f"{r['file']}: {guesses}")
-        for note in r["notes"]:
-            typer.echo(f"  note: {note}")
+def _classify_predict(sub: typer.Typer, task: str) -> None:
+    model_help = MODEL_HELP.format(task=task) if task == "fashion" else RUN_HELP.format(task=task)
+    what = "any size/colour; made 28x28 grey" if task == "fashion" else "any size; resized as the training images"
+
+    @sub.command("predict")
+    def predict(
+        files: list[Path] = typer.Argument(..., metavar="[RUN] IMAGE", help=f"Image files ({what}), after a run."),
+        model: str | None = typer.Option(None, help=model_help),
+        top: int = typer.Option(3, min=1, max=10, help="How many classes to show."),
+    ) -> None:
+        """Classify your own images; prints the top classes and what was done to each image."""
+        run, images = _model_and_files(task, files, model)
+        for r in api.predict(run, images, top=top):
+            guesses = ", ".join(f"{c} {p:.1%}" for c, p in r["top"])
+            typer.echo(f"{r['file']}: {guesses}")
+            for note in r["notes"]:
+                typer.echo(f"  note: {note}")
 
 
-@fashion_app.command("sweep-activations")
+def _segment_predict(sub: typer.Typer, task: str) -> None:
+    model_help = MODEL_HELP.format(task=task) if task == "facade" else RUN_HELP.format(task=task)
+
+    @sub.command("predict")
+    def predict(
+        files: list[Path] = typer.Argument(
+            ..., metavar="[RUN] PHOTO", help="Photos (any size; EXIF rotation honoured), after an optional run."
+        ),
+        model: str | None = typer.Option(None, help=model_help),
+        out: Path | None = typer.Option(
+            None, "-o", "--out", help="Output folder (default: RUN/predictions; ./predictions for a shipped model)."
+        ),
+    ) -> None:
+        """Segment your own photos: colour label map, overlay and per-class area percentages."""
+        run, photos = _model_and_files(task, files, model)
+        for r in api.predict(run, photos, out=out):
+            shares = ", ".join(f"{c} {p:.1%}" for c, p in r["area"].items())
+            typer.echo(f"{r['file']}: {shares} -> {r['overlay']}")
+            for note in r["notes"]:
+                typer.echo(f"  note: {note}")
+
+
+task_apps = {task: _task_app(task, title) for task, title in TITLES.items()}
+for _task, _sub in task_apps.items():
+    (_classify_predict if KINDS[_task] == "classify" else _segment_predict)(_sub, _task)
+    app.add_typer(_sub, name=_task)
+
+
+@task_apps["fashion"].command("sweep-activations")
 def fashion_sweep(
     recipe: str = typer.Option("seed-a", help="Recipe to vary."),
     set_: list[str] = typer.Option([], "--set", help=OVERRIDE_HELP),
@@ -158,25 +199,6 @@ def fashion_sweep(
     results = api.sweep_activations(recipe, out, set_, progress=progress, epochs=epochs, limit=limit)
     for act, r in results.items():
         typer.echo(f"{act:>10}: best val {r['best_val_acc']:.2%}  test {r['test_acc']:.2%}")
-
-
-@facade_app.command("predict")
-def facade_predict(
-    files: list[Path] = typer.Argument(
-        ..., metavar="[RUN] PHOTO", help="Facade photos (any size; EXIF rotation honoured), after an optional run."
-    ),
-    model: str | None = typer.Option(None, help=MODEL_HELP.format(task="facade")),
-    out: Path | None = typer.Option(
-        None, "-o", "--out", help="Output folder (default: RUN/predictions; ./predictions for a shipped model)."
-    ),
-) -> None:
-    """Segment your own photos: colour label map, overlay and per-class area percentages."""
-    run, photos = _model_and_files("facade", files, model)
-    for r in api.predict(run, photos, out=out):
-        shares = ", ".join(f"{c} {p:.1%}" for c, p in r["area"].items())
-        typer.echo(f"{r['file']}: {shares} -> {r['overlay']}")
-        for note in r["notes"]:
-            typer.echo(f"  note: {note}")
 
 
 @app.command()
@@ -200,19 +222,13 @@ def report(
     typer.echo(str(write_report(runs[0])))
 
 
-_CARD_METRICS = {
-    "fashion": {"acc": ("accuracy", "{:.2%}")},
-    "facade": {"map": ("mAP", "{:.3f}"), "miou": ("mIoU", "{:.3f}")},
-}
-
-
 @app.command()
 def models() -> None:
     """List the shipped models (usable without a run folder) and their validation and test metrics."""
     from rich.console import Console
     from rich.table import Table
 
-    from .pretrained import list_models
+    from .pretrained import list_models, models_dir
 
     cards = list_models()
     if not cards:
@@ -220,7 +236,9 @@ def models() -> None:
         return
     console = Console(highlight=False)
     for task in sorted({c["task"] for c in cards}):
-        metrics = _CARD_METRICS[task]
+        # The columns are the task's headline metrics; a folder task's facts live in its model's config.
+        first = next(c for c in cards if c["task"] == task)
+        metrics = get_task(runs.load_run_config(models_dir() / first["name"])).headline
         headers = [f"{split} {label}" for split in ("val", "test") for label, _ in metrics.values()]
         table = Table("name", "recipe", "model", *headers, "trained", title=f"{task} models", box=None)
         for c in (c for c in cards if c["task"] == task):
@@ -235,7 +253,7 @@ def export(
     format_: str = typer.Option("onnx", "--format", help="Only onnx for now."),
     out: Path | None = typer.Option(None, "-o", "--out", help="Output file (default: ./<model folder name>.onnx)."),
 ) -> None:
-    """Export the network to ONNX: normalised float NCHW in, logits out, dynamic batch (and facade size)."""
+    """Export the network to ONNX: normalised float NCHW in, logits out, dynamic batch (and segmentation size)."""
     from .export import export_onnx
     from .pretrained import resolve_any
 
@@ -254,21 +272,30 @@ def export(
 def serve(
     host: str = typer.Option("127.0.0.1", help="Address to listen on; 0.0.0.0 opens it to your network (no login)."),
     port: int = typer.Option(8000, min=0, max=65535, help="Port; 0 picks a free one (the log says which)."),
-    fashion: str | None = typer.Option(None, help="Shipped model name or run folder (default: the shipped one)."),
-    facade: str | None = typer.Option(None, help="Shipped model name or run folder (default: the shipped one)."),
+    classify: str | None = typer.Option(
+        None, help="/api/classify's model: any classification run folder or shipped model (default: fashion)."
+    ),
+    segment: str | None = typer.Option(
+        None, help="/api/segment's model: any segmentation run folder or shipped model (default: facade)."
+    ),
+    fashion: str | None = typer.Option(None, hidden=True),  # the names of --classify/--segment before folder tasks
+    facade: str | None = typer.Option(None, hidden=True),
     workers: int = typer.Option(2, min=1, max=8, help="Inferences at once; one per CPU core is fastest."),
     queue: int = typer.Option(16, min=0, max=32, help="Requests that may wait for a worker; more get 503."),
     max_upload_mb: float = typer.Option(20, min=0.01, help="Largest upload, in MB."),
 ) -> None:
-    """Serve a web page and a JSON API (/api/..., OpenAPI at /docs) for the fashion and facade models."""
+    """Serve a web page and a JSON API (/api/..., OpenAPI at /docs) for a classifier and a segmenter."""
     import uvicorn
 
     from .serve import Limits, create_app
 
-    web = create_app(fashion, facade, Limits(max_upload_bytes=int(max_upload_mb * 2**20), workers=workers, queue=queue))
-    for task, served in web.state.served.items():
+    if (classify is not None and fashion is not None) or (segment is not None and facade is not None):
+        raise CnnlabError("--fashion and --facade are the old names of --classify and --segment; give each once")
+    limits = Limits(max_upload_bytes=int(max_upload_mb * 2**20), workers=workers, queue=queue)
+    web = create_app(classify or fashion, segment or facade, limits)
+    for kind, served in web.state.served.items():
         if served.model is None:
-            typer.echo(f"cnnlab: note: /api/{task} will answer 503: {served.error}", err=True)
+            typer.echo(f"cnnlab: note: /api/{kind} will answer 503: {served.error}", err=True)
     # Connections past the queue get uvicorn's own 503; this bounds the memory held by uploads in flight.
     uvicorn.run(web, host=host, port=port, limit_concurrency=4 * (workers + queue))
 
@@ -294,5 +321,15 @@ def main() -> None:
         sys.exit(2)
     except CnnlabError as e:
         typer.echo(f"cnnlab: error: {' '.join(str(e).split())}", err=True)
+        sys.exit(2)
+    except (MemoryError, RuntimeError) as e:
+        # numpy raises MemoryError, torch's allocator a RuntimeError: either way the work did not fit.
+        if not isinstance(e, MemoryError) and "can't allocate memory" not in str(e):
+            raise
+        typer.echo(
+            "cnnlab: error: out of memory; lower train.batch_size or data.image_size, and keep data.cache on "
+            "so images are read from the memory map",
+            err=True,
+        )
         sys.exit(2)
     sys.exit(code if isinstance(code, int) else 0)

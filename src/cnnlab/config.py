@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 import types
 import typing
 from collections.abc import Iterator, Sequence
@@ -15,7 +16,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from .errors import ConfigError
 
-TaskName = Literal["fashion", "facade"]
+TaskName = Literal["fashion", "facade", "classify", "segment"]
+# The two built-in datasets are datasets of the two kinds; "classify" and "segment" read the user's folders.
+KINDS = {"fashion": "classify", "facade": "segment", "classify": "classify", "segment": "segment"}
+# What a folder run learns from its data (and writes into its resolved config); fixed for a built-in dataset.
+DATA_FACTS = ("image_size", "channels", "classes", "colors", "mean", "std", "ignore_index")
 
 
 class _Strict(BaseModel):
@@ -30,7 +35,36 @@ class DataConfig(_Strict):
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="share held out for validation (> 0)")
     test_fraction: float = Field(0.0, ge=0.0, lt=1.0)
     limit: int | None = Field(None, gt=0, description="use only this many training images (quick tries)")
-    group_key: str = "index-mod:302"
+    group_key: str | None = Field(
+        None, description="segmentation: files of one group stay in one split (default: the dataset's, else 'file')"
+    )
+    image_size: int | None = Field(
+        None, ge=4, le=4096, description="folders: images resized to this side (default: the median, capped)"
+    )
+    channels: Literal[1, 3] | None = Field(None, description="folders: 1 grey or 3 RGB (default: detected)")
+    classes: list[str] | None = Field(None, min_length=2, description="folders: class names (default: the folders')")
+    colors: list[str] | None = Field(None, description="folders: '#RRGGBB' per class (figures, overlays)")
+    mean: list[float] | None = Field(None, description="folders: per-channel mean of pixel/255 (default: measured)")
+    std: list[float] | None = Field(None, description="folders: per-channel std of pixel/255 (default: measured)")
+    ignore_index: int | None = Field(None, ge=0, le=255, description="segment folders: mask value left out")
+    skip_bad: bool = Field(False, description="folders: skip unreadable files (listed in the run) instead of stopping")
+    cache: bool = Field(True, description="folders: decode once into a uint8 memory-mapped cache")
+
+    @model_validator(mode="after")
+    def _facts_agree(self) -> DataConfig:
+        n = len(self.classes) if self.classes else None
+        if self.colors is not None:
+            if n is not None and len(self.colors) != n:
+                raise ValueError(f"data.colors has {len(self.colors)} colours for {n} classes")
+            if bad := [c for c in self.colors if not re.fullmatch(r"#[0-9a-fA-F]{6}", c)]:
+                raise ValueError(f"data.colors: {bad[0]!r} is not a colour; write '#RRGGBB'")
+        for key in ("mean", "std"):
+            value = getattr(self, key)
+            if value is not None and self.channels is not None and len(value) != self.channels:
+                raise ValueError(f"data.{key} has {len(value)} values for {self.channels} channels")
+        if self.std is not None and min(self.std) <= 0:
+            raise ValueError("data.std: every value must be above 0")
+        return self
 
 
 class AugmentConfig(_Strict):
@@ -52,8 +86,9 @@ class AugmentConfig(_Strict):
 
 class ModelConfig(_Strict):
     name: str = "seed-a"
-    activation: Literal["relu", "leaky_relu", "sigmoid"] = "relu"
-    width: float = Field(1.0, gt=0.0)
+    # None: the model's own default. A value the chosen model does not take is refused (models/__init__.py).
+    activation: Literal["relu", "leaky_relu", "sigmoid"] | None = None
+    width: float | None = Field(None, gt=0.0)
 
 
 class LossConfig(_Strict):
@@ -103,14 +138,25 @@ class RunConfig(_Strict):
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
 
+    @property
+    def kind(self) -> str:
+        """"classify" or "segment"."""
+        return KINDS[self.task]
+
     @model_validator(mode="after")
-    def _test_time_views_fit_the_task(self) -> RunConfig:
+    def _settings_fit_the_task(self) -> RunConfig:
         # Shifted views of a label map would need shifting back; classification has no such map.
-        if self.task == "facade" and self.train.tta_shift:
-            raise ValueError("train.tta_shift is for classification; facades take train.tta_flip and tta_scales")
-        # A 28x28 classifier's head is built for one input size.
-        if self.task == "fashion" and self.train.tta_scales != [1.0]:
+        if self.kind == "segment" and self.train.tta_shift:
+            raise ValueError("train.tta_shift is for classification; segmentation takes train.tta_flip and tta_scales")
+        # A classifier's head is built for one input size.
+        if self.kind == "classify" and self.train.tta_scales != [1.0]:
             raise ValueError("train.tta_scales is for segmentation; classification takes tta_flip and tta_shift")
+        given = [k for k in DATA_FACTS if getattr(self.data, k) is not None]
+        if self.task in ("fashion", "facade") and given:
+            raise ValueError(f"data.{given[0]} is fixed for the built-in {self.task} data; it is for folders")
+        if self.kind == "classify" and (self.data.group_key or self.data.ignore_index is not None):
+            key = "group_key" if self.data.group_key else "ignore_index"
+            raise ValueError(f"data.{key} is for segmentation")
         if any(not 0.25 <= f <= 4 for f in self.train.tta_scales):
             raise ValueError(f"train.tta_scales {self.train.tta_scales}: each factor must be between 0.25 and 4")
         return self
@@ -122,9 +168,19 @@ def recipe_dirs() -> list[Path]:
     return [d for d in (here / "recipes", here.parents[1] / "recipes") if d.is_dir()]
 
 
+DEFAULT_RECIPES = {"fashion": "seed-a", "facade": "seed-a", "classify": "small", "segment": "unet"}
+
+
+def _recipe_folders(task: str) -> list[str]:
+    """Where `task`'s recipe names are looked up: its own folder; a folder task also takes the recipes of
+    the built-in dataset of its kind (`cnnlab segment train --recipe fast` is the facade recipe)."""
+    builtin = [t for t in ("fashion", "facade") if KINDS[t] == KINDS[task] and t != task]
+    return [task, *builtin]
+
+
 def recipe_names(task: str) -> list[str]:
     """The named recipes of `task` (file stems), sorted."""
-    return sorted({p.stem for d in recipe_dirs() for p in (d / task).glob("*.yaml")})
+    return sorted({p.stem for d in recipe_dirs() for t in _recipe_folders(task) for p in (d / t).glob("*.yaml")})
 
 
 def find_recipe(task: str, recipe: str) -> Path:
@@ -134,9 +190,10 @@ def find_recipe(task: str, recipe: str) -> Path:
         if not path.is_file():
             raise ConfigError(f"{path}: recipe file not found; give a YAML file or one of {recipe_names(task)}")
         return path
-    for d in recipe_dirs():
-        if (d / task / f"{recipe}.yaml").is_file():
-            return d / task / f"{recipe}.yaml"
+    for t in _recipe_folders(task):
+        for d in recipe_dirs():
+            if (d / t / f"{recipe}.yaml").is_file():
+                return d / t / f"{recipe}.yaml"
     raise ConfigError(f"recipe '{recipe}' not found for {task}; choose one of {recipe_names(task)} or a .yaml file")
 
 
@@ -247,15 +304,18 @@ def _validate(data: dict, source: str, overrides: Sequence[Override] = ()) -> Ru
     except ValidationError as e:
         err = e.errors()[0]
         where = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        if (named := re.match(r"([a-z_]+\.[a-z_]+)\b", msg)) and named.group(1).startswith(where):
+            where = named.group(1)  # a check across fields starts its message with the key at fault
         # Blame what the user typed for this key, if they typed it; else the recipe file.
         written = next((o.written for o in reversed(overrides) if o.key == where), None)
-        msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = f"unknown key{_did_you_mean(where)}"
         more = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
         if written:
             raise ConfigError(f"{written}: {msg}{more}") from None
-        raise ConfigError(f"{source}: {where or 'recipe'}: {msg}{more}") from None
+        prefix = "" if msg.startswith(f"{where} ") else f"{where or 'recipe'}: "
+        raise ConfigError(f"{source}: {prefix}{msg}{more}") from None
 
 
 def load_config(task: str, recipe: str | None = None, overrides: Sequence[str | Override] = ()) -> RunConfig:
@@ -280,7 +340,23 @@ def config_from_dict(data: Any, source: str) -> RunConfig:
     """Validate an already-parsed configuration (e.g. a run's config.yaml); `source` names it in errors."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping of sections, got {type(data).__name__}")
-    return _validate(data, source)
+    return _validate(_upgrade(data), source)
+
+
+def _upgrade(data: dict) -> dict:
+    """A run folder's config as this version reads it. Runs before the folder datasets wrote every default:
+    the facade group key in classification runs, and an activation and width for models that take neither
+    (the values then meant "the model's default", which None means now)."""
+    data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    d, m = data.get("data"), data.get("model")
+    if isinstance(d, dict) and KINDS.get(data.get("task")) == "classify" and d.get("group_key") == "index-mod:302":
+        d["group_key"] = None
+    if isinstance(m, dict):
+        if m.get("activation") == "relu":
+            m["activation"] = None
+        if m.get("width") == 1.0:
+            m["width"] = None
+    return data
 
 
 def dump_config(cfg: RunConfig, path: Path) -> None:

@@ -12,31 +12,22 @@ import contextlib
 import importlib.util
 import math
 import shutil
-import signal
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch.nn.parallel import DistributedDataParallel
 
 from . import checkpoint, distributed
 from .config import RunConfig, dump_config
 from .errors import CheckpointError, ConfigError, DataError, TrainingError
 from .evaluation import check_input_size, evaluate, evaluate_split
+from .loop import EpochSums, LoopState, StopRequest, TrainResult, console, progress_bars
 from .optim import lr_at, make_optimizer, match_state_layout
-from .outputs import check_dir
-from .report.figures import write_json
-from .report.run_page import write_report
+from .outputs import check_dir, write_json
 from .runs import MetricsLog, RunPaths, default_run_dir, load_run_config, load_weights, read_history
 from .runtime import environment, make_runtime
 from .tasks import get_task
-
-console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def _generator(*parts: int) -> torch.Generator:
@@ -48,69 +39,6 @@ def _generator(*parts: int) -> torch.Generator:
 
 def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
     return torch.randperm(n, generator=_generator(seed, 1, epoch))
-
-
-@dataclass
-class _EpochSums:
-    loss: float = 0.0  # summed over samples
-    samples: int = 0
-    correct: int = 0  # predictions: images, or pixels for segmentation
-    predictions: int = 0
-
-    def add(self, loss: float, samples: int, correct: int, predictions: int) -> None:
-        self.loss += loss
-        self.samples += samples
-        self.correct += correct
-        self.predictions += predictions
-
-    def line(self) -> str:
-        return f"loss {self.loss / max(1, self.samples):.4f} acc {self.correct / max(1, self.predictions):.4f}"
-
-
-class _StopRequest:
-    """SIGINT/SIGTERM ask the loop to stop after the current step; it saves and exits cleanly."""
-
-    def __init__(self):
-        self.requested = False
-
-    @contextlib.contextmanager
-    def installed(self) -> Iterator[None]:
-        def handler(signum, frame):
-            if self.requested:  # a second Ctrl-C means: stop now
-                raise KeyboardInterrupt
-            self.requested = True
-            console.print("[yellow]stopping after this step; saving a checkpoint (Ctrl-C again to abort)[/]")
-
-        old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for s, h in old.items():
-                signal.signal(s, h)
-
-
-@dataclass
-class TrainResult:
-    run_dir: Path
-    completed: bool
-    step: int
-    best: float | None
-    history: list[dict[str, Any]]
-    interrupted: bool = False  # stopped by Ctrl-C / SIGTERM (not by max_steps)
-
-
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[stats]}"),
-        console=console,
-        transient=True,
-    )
 
 
 class Trainer:
@@ -149,14 +77,14 @@ class Trainer:
         self.cfg = cfg
         self.run_dir = Path(self.dist.broadcast(str(run_dir)))
         self.paths = RunPaths(self.run_dir)
-        self.task = get_task(cfg.task)
+        self.task = get_task(cfg)
         self.rt = make_runtime(cfg, device, self.dist.local_rank)
         self.progress = progress and self.dist.main
         torch.manual_seed(cfg.train.seed)
 
         if cfg.train.tensorboard and importlib.util.find_spec("tensorboard") is None:
             raise ConfigError("train.tensorboard needs the tensorboard package: pip install 'cnnlab[tensorboard]'")
-        self.data = self.task.load_data(cfg)
+        self.data = self.task.load_data(cfg, progress=self.progress)
         self.train_set, self.val_set = self.data["train"], self.data["val"]
         self.net = self.task.build_model(cfg).to(self.rt.device)
         self.check_data()
@@ -167,15 +95,8 @@ class Trainer:
         self.steps_per_epoch = math.ceil(len(self.train_set) / cfg.train.batch_size)
         self.task.prepare_training(cfg, self.train_set)
 
-        self.state: dict[str, Any] = {
-            "epoch": 0,
-            "batch": 0,
-            "step": 0,
-            "best": None,
-            "best_epoch": None,
-            "elapsed_s": 0.0,
-            "sums": _EpochSums().__dict__,
-        }
+        self.state = LoopState()
+        self.finished = False
         if resume and not (self.paths.last.exists() or self.paths.last.with_suffix(".prev").exists()):
             # Stopped before its first checkpoint: start over in the same folder.
             self.log = MetricsLog(self.paths.metrics, truncate_at=0) if self.dist.main else None
@@ -185,15 +106,19 @@ class Trainer:
             load_weights(self.net, saved["model"], self.paths.last, cfg)
             self.opt.load_state_dict(saved["optim"])
             match_state_layout(self.opt)
-            self.state = saved["state"]
+            self.state = LoopState.from_dict(saved["state"])
             self.log = (
-                MetricsLog(self.paths.metrics, truncate_at=self.state["metrics_offset"]) if self.dist.main else None
+                MetricsLog(self.paths.metrics, truncate_at=self.state.metrics_offset) if self.dist.main else None
             )
         elif self.dist.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self.created = True
             dump_config(cfg, self.paths.config)
             write_json(self.paths.env, {**environment(self.rt), "processes": self.dist.world})
+            if self.task.skipped:
+                write_json(self.paths.skipped, self.task.skipped)
+                n = len(self.task.skipped)
+                self.say(f"[yellow]skipped {n} unreadable files[/]: listed in {self.paths.skipped}")
             self.log = MetricsLog(self.paths.metrics)
         else:
             self.log = None
@@ -203,16 +128,15 @@ class Trainer:
                 checkpoint.remove_stale_temps(self.run_dir)
                 if epochs is not None or data_dir is not None:
                     dump_config(cfg, self.paths.config)  # what the run now trains with, for evaluate and reports
-            if self.state["epoch"] < cfg.train.epochs:
-                self.say(f"resuming {self.run_dir} at epoch {self.state['epoch'] + 1}, step {self.state['step']}")
+            if self.state.epoch < cfg.train.epochs:
+                self.say(f"resuming {self.run_dir} at epoch {self.state.epoch + 1}, step {self.state.step}")
         self.total_steps = self.steps_per_epoch * cfg.train.epochs
-        self.sums = _EpochSums(**self.state["sums"])
         self.tb = None
         if cfg.train.tensorboard and self.dist.main:
             from torch.utils.tensorboard import SummaryWriter
 
             # purge_step drops events past the checkpoint, as the metrics log does, so a resume adds no duplicates.
-            self.tb = SummaryWriter(self.run_dir / "tensorboard", purge_step=self.state["step"] + 1 if resume else None)
+            self.tb = SummaryWriter(self.run_dir / "tensorboard", purge_step=self.state.step + 1 if resume else None)
 
     def check_data(self) -> None:
         """Refuse data the run cannot use, before the run folder is made: an empty split, or images
@@ -230,7 +154,7 @@ class Trainer:
 
     def extend(self, epochs: int | None) -> None:
         """Resume with `epochs`: train to that many epochs in all (not fewer than are done)."""
-        done, planned = self.state["epoch"], self.cfg.train.epochs
+        done, planned = self.state.epoch, self.cfg.train.epochs
         if epochs is None or epochs == planned:
             if done >= planned:
                 self.say(
@@ -238,7 +162,7 @@ class Trainer:
                     f"(pass --epochs N over {done} to train on)"
                 )
             return
-        least = max(1, done + (1 if self.state["batch"] else 0))  # an epoch under way is finished, not cut
+        least = max(1, done + (1 if self.state.batch else 0))  # an epoch under way is finished, not cut
         if epochs < least:
             raise ConfigError(
                 f"--epochs {epochs}: {self.run_dir} has already trained {done} epochs; give {least} or more"
@@ -246,7 +170,7 @@ class Trainer:
         if self.cfg.optim.schedule != "constant" or self.cfg.optim.warmup_fraction:
             self.say(
                 f"note: the {self.cfg.optim.schedule} learning-rate schedule is recomputed for {epochs} epochs "
-                f"(planned: {planned}); from step {self.state['step']} on the rate follows the new plan"
+                f"(planned: {planned}); from step {self.state.step} on the rate follows the new plan"
             )
         self.cfg.train.epochs = epochs
 
@@ -265,22 +189,21 @@ class Trainer:
     def save_last(self) -> None:
         if not self.dist.main:
             return
-        self.state["sums"] = self.sums.__dict__
-        self.state["metrics_offset"] = self.log.offset()
+        self.state.metrics_offset = self.log.offset()
         checkpoint.save(
             self.paths.last,
-            {"model": self.net.state_dict(), "optim": self.opt.state_dict(), "state": self.state},
+            {"model": self.net.state_dict(), "optim": self.opt.state_dict(), "state": self.state.to_dict()},
             keep_previous=True,
         )
 
     def step(self, idx: torch.Tensor) -> tuple[float, int, int, float]:
         """One optimizer step on global batch `idx`; returns its summed loss, correct, predictions, lr."""
-        cfg, rt, step = self.cfg, self.rt, self.state["step"]
+        cfg, rt, step = self.cfg, self.rt, self.state.step
         gen = _generator(cfg.train.seed, 2, step)
         torch.manual_seed(int(torch.randint(2**62, (1,), generator=gen)))
         # The whole global batch is augmented on every process, then sharded: the same random draws as in
         # one process, so a run's result does not depend on how many processes computed it.
-        x, y = self.task.train_inputs(self.train_set.x[idx], self.train_set.y[idx], cfg, gen, self.state["epoch"])
+        x, y = self.task.train_inputs(self.train_set.x[idx], self.train_set.y[idx], cfg, gen, self.state.epoch)
         if self.dist.world > 1:
             mine = self.dist.shard(torch.arange(len(idx)))
             x, y = x[mine], y[mine]
@@ -303,8 +226,8 @@ class Trainer:
 
     def run(self, max_steps: int | None = None, finish: bool = True) -> TrainResult:
         cfg, state = self.cfg, self.state
-        stop = _StopRequest()
-        started = time.perf_counter() - state["elapsed_s"]
+        stop = StopRequest()
+        started = time.perf_counter() - state.elapsed_s
         last_save = time.perf_counter()
         self.say(
             f"[bold]{cfg.task}/{cfg.recipe}[/] {cfg.model.name}: {len(self.train_set)} train, {len(self.val_set)} val, "
@@ -312,22 +235,22 @@ class Trainer:
             f"{self.rt.describe()['precision']}, {self.dist.world} process(es) x {self.rt.threads} threads -> "
             f"{self.run_dir}"
         )
-        with stop.installed(), _progress() if self.progress else contextlib.nullcontext() as bar:
-            while state["epoch"] < cfg.train.epochs:
-                epoch = state["epoch"]
+        with stop.installed(), progress_bars() if self.progress else contextlib.nullcontext() as bar:
+            while state.epoch < cfg.train.epochs:
+                epoch = state.epoch
                 batches = epoch_order(cfg.train.seed, epoch, len(self.train_set)).split(cfg.train.batch_size)
                 tid = (
                     bar.add_task(
-                        f"epoch {epoch + 1}/{cfg.train.epochs}", total=len(batches), completed=state["batch"], stats=""
+                        f"epoch {epoch + 1}/{cfg.train.epochs}", total=len(batches), completed=state.batch, stats=""
                     )
                     if bar
                     else None
                 )
                 self.model.train()
-                while state["batch"] < len(batches):
-                    idx = batches[state["batch"]]
+                while state.batch < len(batches):
+                    idx = batches[state.batch]
                     loss_sum, correct, count, lr = self.step(idx)
-                    wants_stop = stop.requested or (max_steps is not None and state["step"] + 1 >= max_steps)
+                    wants_stop = stop.requested or (max_steps is not None and state.step + 1 >= max_steps)
                     # One all-reduce per step carries the statistics and the stop decision, so every
                     # process stops at the same step.
                     loss_sum, correct, count, stops = self.dist.sum([loss_sum, correct, count, float(wants_stop)])
@@ -339,39 +262,39 @@ class Trainer:
                             else "nothing was saved yet, so the run folder is removed"
                         )
                         raise TrainingError(
-                            f"loss became {loss_v} at step {state['step']} (epoch {epoch + 1}); {saved}; "
+                            f"loss became {loss_v} at step {state.step} (epoch {epoch + 1}); {saved}; "
                             "try a lower optim.lr"
                         )
-                    self.sums.add(loss_sum, len(idx), int(correct), int(count))
+                    self.state.sums.add(loss_sum, len(idx), int(correct), int(count))
                     if self.tb:
                         for key, value in (("loss", loss_v), ("acc", correct / count), ("lr", lr)):
-                            self.tb.add_scalar(f"batch/{key}", value, state["step"] + 1)
+                            self.tb.add_scalar(f"batch/{key}", value, state.step + 1)
                     if self.log:
                         self.log.write(
                             {
                                 "kind": "batch",
                                 "epoch": epoch + 1,
-                                "step": state["step"] + 1,
+                                "step": state.step + 1,
                                 "loss": loss_v,
                                 "acc": correct / count,
                                 "lr": lr,
                             }
                         )
-                    state["step"] += 1
-                    state["batch"] += 1
-                    if bar and (state["batch"] % 10 == 0 or state["batch"] == len(batches)):
-                        bar.update(tid, completed=state["batch"], stats=self.sums.line())
+                    state.step += 1
+                    state.batch += 1
+                    if bar and (state.batch % 10 == 0 or state.batch == len(batches)):
+                        bar.update(tid, completed=state.batch, stats=self.state.sums.line())
                     if stops or time.perf_counter() - last_save > cfg.train.checkpoint_every_s:
-                        state["elapsed_s"] = time.perf_counter() - started
+                        state.elapsed_s = time.perf_counter() - started
                         self.save_last()
                         last_save = time.perf_counter()
                     if stops:
                         self.say(
-                            f"stopped at step {state['step']} (epoch {epoch + 1}); checkpoint saved, "
+                            f"stopped at step {state.step} (epoch {epoch + 1}); checkpoint saved, "
                             f"continue with --resume {self.run_dir}"
                         )
                         if finish and self.dist.main:
-                            self.write_reports(partial=True)
+                            self.finish_outputs(partial=True)
                         self.dist.barrier()
                         return self.result(completed=False, interrupted=stop.requested)
                 if bar:
@@ -379,12 +302,13 @@ class Trainer:
                 self.end_epoch(epoch, started)
                 last_save = time.perf_counter()
         if finish and self.dist.main:
-            self.write_reports(partial=False)
+            self.finish_outputs(partial=False)
         self.dist.barrier()
         return self.result(completed=True)
 
-    def write_reports(self, partial: bool) -> None:
-        """Figures of training, the final evaluations (not for a partial run) and report.html."""
+    def finish_outputs(self, partial: bool) -> None:
+        """Figures of training and the final evaluations (not for a partial run); the caller writes the
+        report from them (`api.train_config`): the loop knows nothing of pages."""
         if self.log:
             self.log.offset()  # flush, so the figures see every row
         history = read_history(self.run_dir)
@@ -395,8 +319,7 @@ class Trainer:
             if len(self.data.get("test", [])):
                 m = evaluate(self.run_dir, split="test", device=str(self.rt.device), data=self.data)
                 self.say(f"[bold]test[/] (best checkpoint, {m['n']} images): {self.task.summary_line(m)}")
-        path = write_report(self.run_dir, partial=partial)
-        self.say(f"report: {path}")
+        self.finished = True
 
     def end_epoch(self, epoch: int, started: float) -> None:
         """Validate (main process only; the others wait), log, keep the best weights, checkpoint."""
@@ -406,22 +329,22 @@ class Trainer:
             row = {
                 "kind": "epoch",
                 "epoch": epoch + 1,
-                "step": state["step"],
-                "train_loss": self.sums.loss / self.sums.samples,
-                "train_acc": self.sums.correct / self.sums.predictions,
+                "step": state.step,
+                "train_loss": self.state.sums.loss / self.state.sums.samples,
+                "train_acc": self.state.sums.correct / self.state.sums.predictions,
                 **{f"val_{k}": v for k, v in val.items()},
-                "lr": lr_at(self.cfg, state["step"] - 1, self.total_steps),
+                "lr": lr_at(self.cfg, state.step - 1, self.total_steps),
                 "time_s": time.perf_counter() - started,
             }
             self.log.write(row)
             if self.tb:
                 for key, value in row.items():
                     if isinstance(value, float):
-                        self.tb.add_scalar(f"epoch/{key}", value, state["step"])
+                        self.tb.add_scalar(f"epoch/{key}", value, state.step)
             primary = val[self.task.primary]
-            improved = state["best"] is None or primary > state["best"]
+            improved = state.best is None or primary > state.best
             if improved:
-                state["best"], state["best_epoch"] = primary, epoch + 1
+                state.best, state.best_epoch = primary, epoch + 1
                 checkpoint.save(
                     self.paths.best,
                     {"model": self.net.state_dict(), "state": {"epoch": epoch + 1, self.task.primary: primary}},
@@ -431,8 +354,8 @@ class Trainer:
                 f"{self.task.summary_line(val)}  {row['time_s']:.0f}s" + ("  [green]*best[/]" if improved else "")
             )
         self.dist.barrier()
-        state.update(epoch=epoch + 1, batch=0, elapsed_s=time.perf_counter() - started)
-        self.sums = _EpochSums()
+        state.epoch, state.batch, state.elapsed_s = epoch + 1, 0, time.perf_counter() - started
+        state.sums = EpochSums()
         self.save_last()
 
     def result(self, completed: bool, interrupted: bool = False) -> TrainResult:
@@ -441,7 +364,8 @@ class Trainer:
         if self.tb:
             self.tb.close()
         history = read_history(self.run_dir) if self.dist.main else []
-        return TrainResult(self.run_dir, completed, self.state["step"], self.state["best"], history, interrupted)
+        state = self.state
+        return TrainResult(self.run_dir, completed, state.step, state.best, history, interrupted, self.finished)
 
 
 def train(

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from .config import RunConfig
 from .errors import CheckpointError, ConfigError, DataError
-from .report.figures import write_json
+from .outputs import write_json
 from .runs import load_model
 from .runtime import Runtime, make_runtime
 from .tasks import Batchable, Task, get_task
@@ -98,7 +98,7 @@ def evaluate_split(
         cfg.train.tta_shift if final else 0,
         cfg.train.tta_scales if final else (1.0,),
     )
-    return task.metrics(probs, split.y, cfg), probs
+    return task.metrics(probs, split.targets, cfg), probs
 
 
 def evaluate(
@@ -120,7 +120,7 @@ def evaluate(
     if split not in ("test", "val"):
         raise ConfigError(f"split {split!r}: choose test or val")
     model, cfg = load_model(run_dir, which, device)
-    task = get_task(cfg.task)
+    task = get_task(cfg)
     rt = make_runtime(cfg, device)
     if rt.channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -1,7 +1,8 @@
 """Export a run's or a shipped model's network to ONNX, for use without cnnlab or PyTorch.
 
 The ONNX graph takes the *normalised* float32 NCHW tensor and returns logits; how to normalise
-(mean, std), the layout and the class names are written into the file's metadata_props.
+(mean, std), the input layout and shape, the task and its kind, and the class names and colours are
+written into the file's metadata_props.
 """
 
 from __future__ import annotations
@@ -18,28 +19,25 @@ import torch
 
 from . import __version__
 from .checkpoint import atomic_write
-from .data import fashion as fashion_data
 from .errors import CheckpointError
 from .runs import load_model
-from .tasks import facade as facade_task
-from .tasks import get_task
+from .tasks import Task, get_task
 
-# H and W the exported facade nets handle as PyTorch does. SeedA/SeedB resize their output back to the
-# input size only for other sizes, and that branch is fixed when the graph is traced (their docstrings).
+# H and W the exported segmentation nets handle as PyTorch does. SeedA/SeedB resize their output back to
+# the input size only for other sizes, and that branch is fixed when the graph is traced (their docstrings).
 SIZE_MULTIPLE = {"seed-a": 4, "seed-b": 4, "unet": 1}
 TOLERANCE = 1e-4
+SEGMENT_EXAMPLE = (64, 64)  # px: the traced example's size; H and W stay dynamic
+SEGMENT_CHECK = (96, 128)  # px: the check runs at another size than the traced one
 
 
-def _normalisation(task: str) -> tuple[list[float], list[float]]:
-    if task == "fashion":
-        return [fashion_data.MEAN], [fashion_data.STD]
-    # Rounded: the float32 tensors would print as 0.48500001430511475.
-    mean, std = ([round(v, 6) for v in t.flatten().tolist()] for t in (facade_task.MEAN, facade_task.STD))
-    return mean, std
-
-
-def _sizes(multiple: int) -> str:
-    return "RGB, any height and width" if multiple == 1 else f"RGB, height and width multiples of {multiple}"
+def _input_text(task: Task, multiple: int | None) -> str:
+    """The input layout in words, for the metadata and the command's output."""
+    colour = "grey" if task.channels == 1 else "RGB"
+    if task.kind == "classify":
+        return f"float32 NCHW, {colour} {task.image_size}x{task.image_size}"
+    sizes = "any height and width" if multiple == 1 else f"height and width multiples of {multiple}"
+    return f"float32 NCHW, {colour}, {sizes}"
 
 
 @contextlib.contextmanager
@@ -59,31 +57,36 @@ def _quiet_exporter():
 
 def export_onnx(model_dir: Path, out: Path) -> dict[str, Any]:
     """Write the model in `model_dir` (a run or shipped model folder) to `out` as one self-contained
-    ONNX file, checked against PyTorch in onnxruntime first. Returns its metadata and input shape."""
+    ONNX file, checked against PyTorch in onnxruntime first. Returns its metadata, with the input shape
+    as a list of strings (e.g. ["batch", "3", "height", "width"])."""
     import onnx_ir as ir
     import onnxruntime as ort
 
     model, cfg = load_model(model_dir)
-    task = get_task(cfg.task)
-    mean, std = _normalisation(cfg.task)
+    task = get_task(cfg)
     batch = torch.export.Dim("batch")
-    if cfg.task == "fashion":
-        example, axes, multiple = torch.randn(2, 1, 28, 28), {0: batch}, None
+    if task.kind == "classify":
+        # A classifier's head is built for one square size: only the batch is dynamic.
+        size, axes, multiple = (task.image_size, task.image_size), {0: batch}, None
+        check = size
     else:
-        example = torch.randn(2, 3, 64, 64)
+        size, multiple, check = SEGMENT_EXAMPLE, SIZE_MULTIPLE[cfg.model.name], SEGMENT_CHECK
         axes = {0: batch, 2: torch.export.Dim("height"), 3: torch.export.Dim("width")}
-        multiple = SIZE_MULTIPLE[cfg.model.name]
+    example = torch.randn(2, task.channels, *size)
     metadata = {
         "cnnlab_version": __version__,
-        "task": cfg.task,
+        "task": task.name,
+        "kind": task.kind,
         "model": cfg.model.name,
         "source": Path(model_dir).resolve().name,
-        "input": "float32 NCHW, " + ("grey 28x28" if cfg.task == "fashion" else _sizes(multiple)),
+        "input": _input_text(task, multiple),
         "normalisation": "input = (pixel / 255 - mean[c]) / std[c], pixel in 0..255",
-        "mean": json.dumps(mean),
-        "std": json.dumps(std),
-        "output": "logits: (N, classes)" if cfg.task == "fashion" else "logits: (N, classes, H, W)",
+        # Rounded: float32 values would print as 0.48500001430511475.
+        "mean": json.dumps([round(v, 6) for v in task.mean]),
+        "std": json.dumps([round(v, 6) for v in task.std]),
+        "output": "logits: (N, classes)" if task.kind == "classify" else "logits: (N, classes, H, W)",
         "classes": json.dumps(list(task.classes)),
+        "colors": json.dumps(list(task.colors)),
     }
     if multiple is not None:
         metadata["size_multiple"] = str(multiple)
@@ -100,19 +103,20 @@ def export_onnx(model_dir: Path, out: Path) -> dict[str, Any]:
             output_names=["logits"],
             dynamic_shapes=(axes,),
         )
-    program.model.metadata_props.update(metadata)
     graph = program.model.graph
-    if cfg.task == "facade":
+    if task.kind == "segment":
         # torch.export names the output's height and width by its own arithmetic ("Min(height, 8*(...")
         # although they are the input's.
         n, _, height, width = graph.inputs[0].shape
         graph.outputs[0].shape = ir.Shape([n, len(task.classes), height, width])
+    shape = [d if isinstance(d, int) else str(d) for d in graph.inputs[0].shape]  # e.g. ["batch", 3, 28, 28]
+    metadata["input_shape"] = json.dumps(shape)
+    program.model.metadata_props.update(metadata)
 
     def write(tmp: Path) -> None:
         program.save(tmp, external_data=False)
-        # Check the file as written, on a batch and size other than the traced example.
-        size = (28, 28) if cfg.task == "fashion" else (96, 128)
-        x = torch.randn(3, example.shape[1], *size, generator=torch.Generator().manual_seed(0))
+        # Check the file as written, on a batch (and, segmentation, a size) other than the traced example's.
+        x = torch.randn(3, task.channels, *check, generator=torch.Generator().manual_seed(0))
         got = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
         with torch.inference_mode():
             diff = float(np.abs(got - model(x).numpy()).max())
@@ -120,4 +124,4 @@ def export_onnx(model_dir: Path, out: Path) -> dict[str, Any]:
             raise CheckpointError(f"{out}: the ONNX model differs from PyTorch by {diff:.2g}; not written")
 
     atomic_write(Path(out), write)
-    return {"file": str(out), "input_shape": [str(d) for d in graph.inputs[0].shape], **metadata}
+    return {"file": str(out), **metadata, "input_shape": [str(d) for d in shape]}

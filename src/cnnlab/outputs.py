@@ -1,14 +1,21 @@
 """Where cnnlab writes. Every command checks its output paths here before it does any work, so a path
 it cannot use is one line at the start, not a traceback after an hour of training.
 
-Writing itself goes through `checkpoint.atomic_write` (temporary file, fsync, rename).
+Writing itself goes through `checkpoint.atomic_write` (temporary file, fsync, rename); JSON files
+(metrics, evaluations, figure data) through `write_json`.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
 
 from .errors import CnnlabError
 
@@ -65,3 +72,29 @@ def unique_stems(paths: Sequence[str | Path]) -> list[str]:
         taken.add(stem.lower())
         stems.append(stem)
     return stems
+
+
+def _to_jsonable(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        obj = obj.tolist()
+    if isinstance(obj, np.ndarray):
+        obj = obj.tolist()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {str(k): _to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_to_jsonable(v) for v in obj]
+    return obj
+
+
+def json_bytes(obj: Any) -> bytes:
+    """`obj` as indented JSON (tensors and arrays as lists, non-finite floats as null)."""
+    return json.dumps(_to_jsonable(obj), indent=1).encode()
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write `obj` as JSON to `path`, atomically."""
+    from .checkpoint import atomic_write
+
+    atomic_write(path, lambda tmp: tmp.write_bytes(json_bytes(obj)))

@@ -23,7 +23,7 @@ from typing import Any
 from . import checkpoint
 from .config import RunConfig, dump_config
 from .errors import CheckpointError
-from .report.figures import write_json
+from .outputs import write_json
 from .runs import RunPaths, load_run_config, read_eval, read_history
 from .tasks import get_task
 
@@ -88,31 +88,11 @@ def resolve_any(ref: str | Path) -> Path:
     return models_dir() / str(ref)
 
 
-def _split_description(cfg: RunConfig) -> str:
-    d, seed = cfg.data, cfg.train.seed
-    limit = f"; training limited to the first {d.limit} images" if d.limit else ""
-    if cfg.task == "fashion":
-        return (
-            f"{d.val_fraction:.0%} of the 60,000 training images held out for validation (stratified, seed {seed}); "
-            f"test: the official 10,000 test images{limit}"
-        )
-    train = 1 - d.val_fraction - d.test_fraction
-    return (
-        f"whole buildings ({d.group_key}) to {train:.0%} train, {d.val_fraction:.0%} validation, "
-        f"{d.test_fraction:.0%} test (seed {seed}){limit}"
-    )
-
-
-_DATA = {
-    "fashion": "Fashion-MNIST (Zalando): 28x28 grey images of 10 kinds of clothing",
-    "facade": "CS194-26 mini facade set: 256x256 photos of facades with 5-class label maps",
-}
-
-
 def _card_for(run_dir: Path, name: str, cfg: RunConfig, weights: dict[str, Any]) -> dict[str, Any]:
     env = json.loads(RunPaths(run_dir).env.read_text())
     epochs = [r for r in read_history(run_dir) if r["kind"] == "epoch"]
-    model = get_task(cfg.task).build_model(cfg)
+    task = get_task(cfg)
+    model = task.build_model(cfg)
     model.load_state_dict(weights)  # refuses weights that do not fit the config before anything ships
     return {
         "name": name,
@@ -120,8 +100,8 @@ def _card_for(run_dir: Path, name: str, cfg: RunConfig, weights: dict[str, Any])
         "recipe": cfg.recipe,
         "model": cfg.model.name,
         "parameters": sum(p.numel() for p in model.parameters()),
-        "data": _DATA[cfg.task],
-        "split": _split_description(cfg),
+        "data": task.data_description,
+        "split": task.split_description(cfg),
         "val": read_eval(run_dir, "val"),
         "test": read_eval(run_dir, "test"),
         "epochs": len(epochs),

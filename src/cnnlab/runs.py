@@ -1,7 +1,7 @@
 """The run folder: what a run writes where (one folder per run), and reading it back.
 
 config.yaml, environment.json, metrics.jsonl, checkpoints/{last,best}.safetensors,
-eval_<split>.json, figures/, report.html
+eval_<split>.json, figures/, report.html, and skipped.json (files left out with data.skip_bad)
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ class RunPaths:
     last = property(lambda self: self.root / "checkpoints" / "last.safetensors")
     best = property(lambda self: self.root / "checkpoints" / "best.safetensors")
     figures = property(lambda self: self.root / "figures")
+    skipped = property(lambda self: self.root / "skipped.json")
 
 
 def default_run_dir(cfg: RunConfig, base: Path = Path("runs")) -> Path:
@@ -111,7 +112,7 @@ def load_model(run_dir: Path, which: str = "best", device: str = "cpu") -> tuple
         raise ConfigError(f"checkpoint {which!r}: choose best or last")
     cfg = load_run_config(run_dir)
     paths = RunPaths(Path(run_dir))
-    model = get_task(cfg.task).build_model(cfg)
+    model = get_task(cfg).build_model(cfg)
     path = paths.best if which == "best" else paths.last
     load_weights(model, checkpoint.load_latest(path)["model"], path, cfg)
     return model.to(device).eval(), cfg

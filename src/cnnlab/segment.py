@@ -20,11 +20,11 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .checkpoint import atomic_write
-from .data import facade as fdata
 from .data.images import load_photo
-from .outputs import unique_stems
-from .report.figures import colorize, json_bytes
+from .outputs import json_bytes, unique_stems
+from .report.figures import colorize
 from .tasks import Task
+from .tasks.segment import hex_to_rgb
 
 TILE, OVERLAP = 256, 64
 MIN_SIDE = 32  # px: smaller than a window of the training crops
@@ -63,10 +63,10 @@ def segment(model: torch.nn.Module, task: Task, img: torch.Tensor, work_size: in
     return probs[0]
 
 
-def label_png(labels: torch.Tensor) -> Image.Image:
-    """A palette PNG whose pixel values are the class indices, shown in the class colours."""
+def label_png(labels: torch.Tensor, task: Task) -> Image.Image:
+    """A palette PNG whose pixel values are the class indices, shown in the task's class colours."""
     im = Image.fromarray(labels.to(torch.uint8).numpy(), mode="P")
-    im.putpalette([v for rgb in fdata.COLORS for v in rgb])
+    im.putpalette([v for color in task.colors for v in hex_to_rgb(color)])
     return im
 
 
@@ -85,7 +85,7 @@ def segment_photo(
     if max(h, w) > work_size:
         notes.append(f"segmented at {work_size} px on the longer side, then resized back to {w}x{h}")
     labels = segment(model, task, img, work_size).argmax(0)
-    colour = colorize(labels, fdata.COLORS)
+    colour = colorize(labels, [hex_to_rgb(c) for c in task.colors])
     photo = img.permute(1, 2, 0).numpy()
     overlay = (0.5 * photo + 0.5 * colour).astype(np.uint8)
     area = torch.bincount(labels.flatten(), minlength=len(task.classes)).double() / labels.numel()
@@ -106,13 +106,13 @@ def segment_files(
     Inputs with the same name get distinct outputs (NAME, NAME-2, ...). Every photo is read before
     any output is written, and a photo's three files are encoded in memory before the first is written.
     """
-    photos = [(p, *load_photo(p, mode="RGB", min_side=MIN_SIDE, max_side=MAX_SIDE)) for p in paths]
+    photos = [(p, *load_photo(p, mode=task.photo_mode, min_side=MIN_SIDE, max_side=MAX_SIDE)) for p in paths]
     results = []
     for (path, img, notes), stem in zip(photos, unique_stems(paths), strict=True):
         _, h, w = img.shape
         seg = segment_photo(model, task, img, notes, work_size)
         files = {
-            out_dir / f"{stem}_labels.png": _encoded(label_png(seg.labels), format="PNG"),
+            out_dir / f"{stem}_labels.png": _encoded(label_png(seg.labels, task), format="PNG"),
             out_dir / f"{stem}_overlay.jpg": _encoded(Image.fromarray(seg.overlay), format="JPEG", quality=90),
             out_dir / f"{stem}_areas.json": json_bytes(
                 {"file": str(path), "size": [w, h], "area": seg.area, "notes": notes}

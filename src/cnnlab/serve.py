@@ -1,4 +1,9 @@
-"""`cnnlab serve`: a web page and a JSON API over both tasks' models, on this machine's CPU.
+"""`cnnlab serve`: a web page and a JSON API over a classifier and a segmenter, on this machine's CPU.
+
+The server has two slots: /api/classify takes any classify-kind model (the shipped `fashion`, or a run on
+the user's own folder) and /api/segment any segment-kind one (`facade` or a folder run). Nothing here knows
+a dataset: classes, colours and how a photo becomes the model's input come from each model's `Task`, and
+/api/health hands them to the page, which labels itself from them.
 
 The server takes files from whoever can reach it, so it binds to 127.0.0.1 unless told otherwise, refuses a
 body over the upload limit while it arrives (413), decodes only common image formats (415 for anything else)
@@ -15,6 +20,7 @@ import io
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from importlib.resources import files
 from pathlib import Path
 from typing import Any, TypeVar
@@ -31,21 +37,24 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import __version__, runs
+from .config import KINDS
 from .data.images import MAX_PIXELS, read_photo
-from .errors import CnnlabError, DataError, NotAnImageError
-from .predictions import MAX_SIDE as FASHION_MAX_SIDE
-from .predictions import MIN_SIDE as FASHION_MIN_SIDE
-from .predictions import classify, fashion_pixels
-from .pretrained import resolve_model
-from .segment import MAX_SIDE as FACADE_MAX_SIDE
-from .segment import MIN_SIDE as FACADE_MIN_SIDE
+from .errors import CheckpointError, CnnlabError, DataError, NotAnImageError
+from .predictions import classify
+from .pretrained import resolve_any, resolve_model
+from .segment import MAX_SIDE as SEGMENT_MAX_SIDE
+from .segment import MIN_SIDE as SEGMENT_MIN_SIDE
 from .segment import label_png, segment_photo
 from .tasks import Task, get_task
-from .tasks.facade import HEX
 
 OVERLAY_MAX_PX = 1024  # the page shows no more; the label map keeps the decoded photo's size
 MULTIPART_SLACK = 64 * 1024  # boundaries and part headers around the file in a multipart body
 RETRY_AFTER_S = 2  # a facade photo takes ~0.1 s of CPU: a full queue has moved on by then
+TOP = 3  # classes a classification answers with (fewer if the model has fewer)
+DEFAULT_MODELS = {"classify": "fashion", "segment": "facade"}  # each slot's shipped model when none is given
+ALIASES = {"fashion": "classify", "facade": "segment"}  # the endpoints' names from before folder tasks, kept
+CLASSIFY_DOC = f"The {TOP} most likely classes of an image, made like the model's training images first (size, colour)."
+SEGMENT_DOC = "The class of every pixel of a photo, an overlay in the class colours and the area of each class."
 HOW_TO_SEND = "send the image as the multipart/form-data field 'file', as curl -F file=@photo.jpg does"
 T = TypeVar("T")
 
@@ -60,22 +69,36 @@ class Limits:
 
 @dataclass
 class Served:
-    """One task's model as the server holds it, or why it holds none."""
+    """One slot's model as the server holds it, or why it holds none."""
 
-    task: Task
+    kind: str  # the slot: "classify" or "segment"
+    task: Task | None = None
     model: torch.nn.Module | None = None
     name: str | None = None
     error: str | None = None
 
 
-def load_served(ref: str | Path | None, task: str) -> Served:
-    """A shipped model name, a run folder or None (the task's default); a missing model is an error, not a crash."""
+def resolve_slot(ref: str | Path | None, kind: str) -> Path:
+    """The folder of a run or shipped model of `kind` (any dataset), or of the slot's default shipped model."""
+    if ref is None:
+        return resolve_model(None, DEFAULT_MODELS[kind])
+    folder = resolve_any(ref)
+    found = runs.load_run_config(folder).task
+    if KINDS[found] != kind:
+        raise CheckpointError(f"{ref}: a {found} model, not a {kind} one; serve it with --{KINDS[found]}")
+    return folder
+
+
+def load_served(ref: str | Path | None, kind: str) -> Served:
+    """A slot's model from a shipped name, a run folder or None (the default); a missing one is an error, not a
+    crash, so the other slot still serves."""
     try:
-        folder = resolve_model(ref, task)
-        model, _ = runs.load_model(folder)
+        folder = resolve_slot(ref, kind)
+        model, cfg = runs.load_model(folder)
+        task = get_task(cfg)
     except CnnlabError as e:
-        return Served(get_task(task), error=str(e))
-    return Served(get_task(task), model, Path(folder).name)
+        return Served(kind, error=str(e))
+    return Served(kind, task, model, Path(folder).name)
 
 
 class Gate:
@@ -136,19 +159,19 @@ class Guess(BaseModel):
     probability: float
 
 
-class FashionResult(BaseModel):
-    top: list[Guess] = Field(description="The three most likely classes, most likely first.")
-    notes: list[str] = Field(description="What was done to the image to make it look like Fashion-MNIST.")
+class ClassifyResult(BaseModel):
+    top: list[Guess] = Field(description=f"The {TOP} most likely classes (all, if fewer), most likely first.")
+    notes: list[str] = Field(description="What was done to the image to make it like the model's training images.")
 
 
-class FacadeResult(BaseModel):
-    width: int = Field(description=f"Of the photo as segmented: its own size, or at most {FACADE_MAX_SIDE} px.")
+class SegmentResult(BaseModel):
+    width: int = Field(description=f"Of the photo as segmented: its own size, or at most {SEGMENT_MAX_SIDE} px.")
     height: int
     areas: dict[str, float] = Field(description="Share of the photo's pixels per class, in class order.")
     colors: dict[str, str] = Field(description="The colour of each class in the overlay and label map.")
     overlay_png: str = Field(description=f"data: URI, the photo half covered by class colours, <= {OVERLAY_MAX_PX} px")
     labels_png: str = Field(
-        description=f"data: URI, palette PNG at the photo's size (<= {FACADE_MAX_SIDE} px); pixel value = class index"
+        description=f"data: URI, palette PNG at the photo's size (<= {SEGMENT_MAX_SIDE} px); pixel value = class index"
     )
     notes: list[str]
 
@@ -157,13 +180,31 @@ class ModelStatus(BaseModel):
     ready: bool
     name: str | None = Field(description="The model's folder name when ready.")
     error: str | None = Field(description="Why there is no model.")
+    task: str | None = Field(description="What it was trained for: fashion, facade, or classify/segment (a folder).")
+    description: str | None = Field(description="Its training data, in one line.")
+    classes: list[str] = Field(description="Its classes, in the order of its outputs; empty without a model.")
+    colors: list[str] = Field(description="The #RRGGBB colour of each class, in the same order.")
 
 
 class Health(BaseModel):
-    status: str = Field(description="ok when both models are loaded, else degraded")
-    models: dict[str, ModelStatus]
+    status: str = Field(description="ok when both slots have a model, else degraded")
+    models: dict[str, ModelStatus] = Field(description="The classify and the segment slot.")
     limits: dict[str, int]
     busy: int = Field(description="Requests running or waiting for a worker now.")
+
+
+def model_status(held: Served) -> ModelStatus:
+    """A slot as /api/health shows it: the page takes its headings, legend and upload labels from this."""
+    t = held.task
+    return ModelStatus(
+        ready=held.model is not None,
+        name=held.name,
+        error=held.error,
+        task=t.name if t else None,
+        description=t.data_description if t else None,
+        classes=list(t.classes) if t else [],
+        colors=list(t.colors) if t else [],
+    )
 
 
 class ErrorDetail(BaseModel):
@@ -241,27 +282,65 @@ def _shrunk(overlay: np.ndarray, notes: list[str]) -> Image.Image:
     return image
 
 
+Decode = Callable[[str, int, int], tuple[torch.Tensor, list[str]]]  # (mode, min side, max side) -> image, notes
+
+
+def classified(held: Served, decode: Decode) -> ClassifyResult:
+    """The top classes of an upload, decoded and prepared as the slot's task prepares any user's photo."""
+    task = held.task
+    img, notes = decode(task.photo_mode, *task.photo_sides)
+    x, more = task.photo_input(img)
+    top = classify(held.model, task, x, top=TOP)
+    return ClassifyResult(top=[Guess(class_=c, probability=p) for c, p in top], notes=notes + more)
+
+
+def segmented(held: Served, decode: Decode) -> SegmentResult:
+    """The label map, overlay and class areas of an upload."""
+    task = held.task
+    # Segment tasks have no photo_mode: a grey folder run was trained on grey images, every other one on RGB.
+    img, notes = decode("L" if task.channels == 1 else "RGB", SEGMENT_MIN_SIDE, SEGMENT_MAX_SIDE)
+    seg = segment_photo(held.model, task, img, notes)
+    return SegmentResult(
+        width=img.shape[2],
+        height=img.shape[1],
+        areas=seg.area,
+        colors=dict(zip(task.classes, task.colors, strict=True)),
+        overlay_png=_data_uri(_shrunk(seg.overlay, notes)),
+        labels_png=_data_uri(label_png(seg.labels, task)),
+        notes=notes,
+    )
+
+
+def _now_served(held: Served) -> str:
+    """The slot's model, for its endpoint's description in /docs (the schema says what this server runs)."""
+    if held.task is None:
+        return f" No model is loaded: {held.error}"
+    return f" Served: {held.name}, trained on {held.task.data_description}; classes: {', '.join(held.task.classes)}."
+
+
 def create_app(
-    fashion_model: str | Path | None = None, facade_model: str | Path | None = None, limits: Limits = Limits()
+    classify_model: str | Path | None = None, segment_model: str | Path | None = None, limits: Limits = Limits()
 ) -> FastAPI:
-    """The app with both models loaded once, here; a task without a model answers 503 until restarted."""
-    served = {"fashion": load_served(fashion_model, "fashion"), "facade": load_served(facade_model, "facade")}
+    """The app with both slots' models loaded once, here: a run folder or shipped model name of the slot's kind,
+    None for the shipped `fashion` and `facade`. A slot without a model answers 503 until restarted."""
+    served = {"classify": load_served(classify_model, "classify"), "segment": load_served(segment_model, "segment")}
     gate = Gate(limits.workers, limits.queue)
     too_large = f"upload over the limit of {limits.max_upload_bytes / 2**20:g} MB; send a smaller image"
     app = FastAPI(
         title="cnnlab",
         version=__version__,
-        description="Fashion-MNIST classification and facade segmentation of uploaded images.",
+        description="Classification and segmentation of uploaded images by the models this server was started "
+        "with; /api/health names them, with their classes.",
         responses=BUG,
     )
     _answer_errors_in_one_line(app)
     app.add_middleware(BodyLimit, limit=limits.max_upload_bytes + MULTIPART_SLACK, message=too_large)
     app.state.served, app.state.gate = served, gate
 
-    def ready(task: str) -> Served:
-        if served[task].model is None:
-            raise HTTPException(503, f"no {task} model loaded: {served[task].error}")
-        return served[task]
+    def ready(kind: str) -> Served:
+        if served[kind].model is None:
+            raise HTTPException(503, f"no {kind} model loaded: {served[kind].error}")
+        return served[kind]
 
     async def read_upload(file: UploadFile) -> tuple[bytes, str]:
         data = await file.read(limits.max_upload_bytes + 1)
@@ -279,6 +358,12 @@ def create_app(
         except DataError as e:
             raise HTTPException(400, str(e)) from None
 
+    async def answer(kind: str, file: UploadFile, work: Callable[[Served, Decode], T]) -> T:
+        """Check the slot, read the upload, then decode and infer in a worker thread (`work` decodes by the task)."""
+        held = ready(kind)
+        data, name = await read_upload(file)
+        return await gate.run(lambda: work(held, partial(decode, data, name)))
+
     page = files(__package__).joinpath("serve.html").read_text()
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -289,43 +374,22 @@ def create_app(
     def health() -> Health:
         return Health(
             status="ok" if all(s.model is not None for s in served.values()) else "degraded",
-            models={t: ModelStatus(ready=s.model is not None, name=s.name, error=s.error) for t, s in served.items()},
+            models={kind: model_status(s) for kind, s in served.items()},
             limits=asdict(limits),
             busy=gate.admitted,
         )
 
-    @app.post("/api/fashion", responses=ERRORS)
-    async def fashion(file: UploadFile = File(description="Any photo of one garment, shoe or bag.")) -> FashionResult:
-        """The 3 most likely Fashion-MNIST classes of an image, made 28x28 grey first."""
-        held = ready("fashion")
-        data, name = await read_upload(file)
+    @app.post("/api/classify", responses=ERRORS, description=CLASSIFY_DOC + _now_served(served["classify"]))
+    async def classify_image(file: UploadFile = File(description="An image to classify.")) -> ClassifyResult:
+        """The classify slot (its schema description is CLASSIFY_DOC and the model served)."""
+        return await answer("classify", file, classified)
 
-        def work() -> FashionResult:
-            x, notes = fashion_pixels(*decode(data, name, "L", FASHION_MIN_SIDE, FASHION_MAX_SIDE))
-            top = classify(held.model, held.task, x, top=3)
-            return FashionResult(top=[Guess(class_=c, probability=p) for c, p in top], notes=notes)
+    @app.post("/api/segment", responses=ERRORS, description=SEGMENT_DOC + _now_served(served["segment"]))
+    async def segment_image(file: UploadFile = File(description="A photo to segment.")) -> SegmentResult:
+        """The segment slot (its schema description is SEGMENT_DOC and the model served)."""
+        return await answer("segment", file, segmented)
 
-        return await gate.run(work)
-
-    @app.post("/api/facade", responses=ERRORS)
-    async def facade(file: UploadFile = File(description="A photo of a building's facade.")) -> FacadeResult:
-        """Class of every pixel (others, facade, pillar, window, balcony), an overlay and the area of each class."""
-        held = ready("facade")
-        data, name = await read_upload(file)
-
-        def work() -> FacadeResult:
-            img, notes = decode(data, name, "RGB", FACADE_MIN_SIDE, FACADE_MAX_SIDE)
-            seg = segment_photo(held.model, held.task, img, notes)
-            return FacadeResult(
-                width=img.shape[2],
-                height=img.shape[1],
-                areas=seg.area,
-                colors=dict(zip(held.task.classes, HEX, strict=True)),
-                overlay_png=_data_uri(_shrunk(seg.overlay, notes)),
-                labels_png=_data_uri(label_png(seg.labels)),
-                notes=notes,
-            )
-
-        return await gate.run(work)
-
+    for old, kind in ALIASES.items():  # same answers; left out of the schema so it names each operation once
+        endpoint = classify_image if kind == "classify" else segment_image
+        app.post(f"/api/{old}", responses=ERRORS, include_in_schema=False)(endpoint)
     return app

@@ -204,10 +204,3 @@ def group_split(groups: list[int], *, val_fraction: float, test_fraction: float,
         split: torch.tensor([i for i, s in enumerate(file_split) if s == split], dtype=torch.int64)
         for split in ("train", "val", "test")
     }
-
-
-def class_frequencies(labels: Tensor, num_classes: int = 5) -> Tensor:
-    """Share of pixels (float64, sums to 1) of each class in a uint8 label tensor of any shape."""
-    # bincount reads the uint8 labels as they are: no 475 MB int64 copy of the 59M pixels.
-    counts = torch.bincount(labels.reshape(-1), minlength=num_classes)[:num_classes]
-    return counts.double() / labels.numel()

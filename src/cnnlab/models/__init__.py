@@ -1,0 +1,43 @@
+"""One factory for every model: a model takes the options its constructor names, and no others."""
+
+from __future__ import annotations
+
+import inspect
+
+from torch import nn
+
+from ..errors import ConfigError
+
+
+def model_table(kind: str) -> dict[str, type[nn.Module]]:
+    """The model classes of a task kind ("classify" or "segment") by name."""
+    if kind == "classify":
+        from .fashion import MODELS
+    else:
+        from .facade import MODELS
+    return MODELS
+
+
+def build_model(
+    kind: str,
+    name: str,
+    *,
+    in_channels: int,
+    num_classes: int,
+    image_size: int | None = None,
+    activation: str | None = None,
+    width: float | None = None,
+) -> nn.Module:
+    """The `kind` model called `name` for inputs of `in_channels` (and, for classifiers, `image_size` px
+    squares) and `num_classes` outputs. `activation` and `width` (None: the model's default) are refused,
+    with a reason, by a model that would ignore them."""
+    table = model_table(kind)
+    if name not in table:
+        raise ConfigError(f"model.name {name!r}: not a {kind} model; choose one of {', '.join(table)}")
+    takes = inspect.signature(table[name]).parameters
+    options = {"activation": activation, "width": width}
+    for key, value in options.items():
+        if value is not None and key not in takes:
+            raise ConfigError(f"model.{key}: {name} has no {key} setting; remove model.{key} or choose another model")
+    given = {"in_channels": in_channels, "num_classes": num_classes, "image_size": image_size, **options}
+    return table[name](**{k: v for k, v in given.items() if v is not None and k in takes})

@@ -1,9 +1,7 @@
-"""Facade segmentation nets: float (B, 3, H, W) in, class logits (B, C, H, W) out, for any H, W.
+"""Segmentation nets: float (B, in_channels, H, W) in, class logits (B, C, H, W) out, for any H, W.
 
 SeedA and SeedB rebuild the two reference reports' nets; UNet is the stronger, CPU-sized baseline.
 """
-
-import inspect
 
 import torch
 import torch.nn.functional as F
@@ -38,10 +36,10 @@ class SeedA(nn.Module):
 
     min_side = 16  # px: two unpadded 5x5 convs and two poolings need this much of the input
 
-    def __init__(self, num_classes: int = 5):
+    def __init__(self, num_classes: int = 5, in_channels: int = 3):
         super().__init__()
         self.encoder = nn.Sequential(
-            nn.Conv2d(3, 32, 5), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Conv2d(in_channels, 32, 5), nn.ReLU(inplace=True), nn.MaxPool2d(2),
             nn.Conv2d(32, 64, 5), nn.ReLU(inplace=True), nn.MaxPool2d(2),
             nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(inplace=True),
             nn.Conv2d(128, 768, 1), nn.ReLU(inplace=True),
@@ -69,11 +67,11 @@ class SeedB(nn.Module):
     H and W divisible by 4 come back exactly; other sizes are resized to the input.
     """
 
-    def __init__(self, num_classes: int = 5, width: float = 1.0):
+    def __init__(self, num_classes: int = 5, width: float = 1.0, in_channels: int = 3):
         super().__init__()
         c1, c2, c3, c4, c5, c6, c7 = (max(1, round(c * width)) for c in (64, 128, 256, 1024, 512, 256, 64))
         self.body = nn.Sequential(
-            _conv_relu_bn(3, c1),
+            _conv_relu_bn(in_channels, c1),
             _conv_relu_bn(c1, c2, stride=2),
             _conv_relu_bn(c2, c3, stride=2),
             _conv_relu_bn(c3, c4),
@@ -95,19 +93,23 @@ def _double_conv(cin: int, cout: int) -> nn.Sequential:
 
 
 class UNet(nn.Module):
-    """U-Net: `depth` levels of two conv3x3-BN-ReLU, widths base * 2**level, max-pool down,
+    """U-Net: `depth` levels of two conv3x3-BN-ReLU, widths base * 2**level (base = 16 * width),
+    max-pool down,
     stride-2 transposed conv up, skip connections by concatenation.
 
     Any H, W works: the input is padded (edge-replicated) to a multiple of 2**(depth-1) and the
     logits are cropped back.
     """
 
-    def __init__(self, num_classes: int = 5, base: int = 16, depth: int = 4):
+    def __init__(self, num_classes: int = 5, width: float = 1.0, depth: int = 4, in_channels: int = 3):
         super().__init__()
-        if depth < 1 or base < 1:
-            raise ConfigError(f"unet base {base}, depth {depth}: both must be at least 1; raise them")
+        base = max(1, round(16 * width))
+        if depth < 1:
+            raise ConfigError(f"unet depth {depth}: must be at least 1; raise it")
         widths = [base * 2**level for level in range(depth)]
-        self.down = nn.ModuleList(_double_conv(cin, cout) for cin, cout in zip([3, *widths[:-1]], widths, strict=True))
+        self.down = nn.ModuleList(
+            _double_conv(cin, cout) for cin, cout in zip([in_channels, *widths[:-1]], widths, strict=True)
+        )
         self.up = nn.ModuleList(nn.ConvTranspose2d(w * 2, w, 2, stride=2) for w in widths[:-1])
         self.merge = nn.ModuleList(_double_conv(w * 2, w) for w in widths[:-1])
         self.head = nn.Conv2d(base, num_classes, 1)
@@ -129,12 +131,8 @@ class UNet(nn.Module):
 MODELS = {"seed-a": SeedA, "seed-b": SeedB, "unet": UNet}
 
 
-def build_facade_model(name: str, **kwargs) -> nn.Module:
-    """The facade net called `name` ("seed-a", "seed-b" or "unet") built with `kwargs`."""
-    if name not in MODELS:
-        raise ConfigError(f"facade model {name!r}: unknown; use one of {', '.join(MODELS)}")
-    try:
-        inspect.signature(MODELS[name]).bind(**kwargs)
-    except TypeError as e:
-        raise ConfigError(f"facade model {name!r}: bad options {sorted(kwargs)} ({e}); see its docstring") from e
-    return MODELS[name](**kwargs)
+def build_facade_model(name: str, width: float | None = None) -> nn.Module:
+    """A facade net (RGB in, 5 classes out) called `name`; options it does not take are refused."""
+    from . import build_model
+
+    return build_model("segment", name, in_channels=3, num_classes=5, width=width)

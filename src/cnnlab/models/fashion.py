@@ -1,4 +1,8 @@
-"""Fashion-MNIST classifiers: the two seed-report architectures (activation selectable) and a small ResNet."""
+"""Classifiers: the two seed reports' Fashion-MNIST nets (activation selectable) and a small ResNet.
+
+Each takes grey or RGB inputs of one square size (`image_size`, 28 for Fashion-MNIST) and any number of
+classes; the seed nets' fully connected heads are sized for `image_size`.
+"""
 
 from __future__ import annotations
 
@@ -20,16 +24,24 @@ class SeedA(nn.Sequential):
     then activating is the same function with the same gradients, on a quarter of the pixels.
     """
 
-    def __init__(self, activation: str = "relu", num_classes: int = 10):
+    min_side = 12  # px: two unpadded convs and two poolings leave at least 1x1 of 64 channels
+
+    def __init__(self, activation: str = "relu", num_classes: int = 10, in_channels: int = 1, image_size: int = 28):
+        side = ((image_size - 2) // 2 - 3) // 2  # 5 for 28x28
+        if side < 1:
+            raise ConfigError(
+                f"seed-a needs images of at least {self.min_side} px (data.image_size is {image_size}); "
+                "use a larger data.image_size or model resnet"
+            )
         super().__init__(
-            nn.Conv2d(1, 32, 3),
+            nn.Conv2d(in_channels, 32, 3),
             nn.MaxPool2d(2),
             _act(activation),
             nn.Conv2d(32, 64, 4),
             nn.MaxPool2d(2),
             _act(activation),
             nn.Flatten(),
-            nn.Linear(64 * 5 * 5, 128),
+            nn.Linear(64 * side * side, 128),
             _act(activation),
             nn.Linear(128, num_classes),
         )
@@ -38,16 +50,21 @@ class SeedA(nn.Sequential):
 class SeedB(nn.Sequential):
     """Report B: two conv5x5-32 layers (padded) with pooling (32x7x7), FC 1568-128-10."""
 
-    def __init__(self, activation: str = "relu", num_classes: int = 10):
+    min_side = 4
+
+    def __init__(self, activation: str = "relu", num_classes: int = 10, in_channels: int = 1, image_size: int = 28):
+        side = image_size // 4  # 7 for 28x28
+        if side < 1:
+            raise ConfigError(f"seed-b needs images of at least {self.min_side} px (data.image_size is {image_size})")
         super().__init__(
-            nn.Conv2d(1, 32, 5, padding=2),
+            nn.Conv2d(in_channels, 32, 5, padding=2),
             _act(activation),
             nn.MaxPool2d(2),
             nn.Conv2d(32, 32, 5, padding=2),
             _act(activation),
             nn.MaxPool2d(2),
             nn.Flatten(),
-            nn.Linear(32 * 7 * 7, 128),
+            nn.Linear(32 * side * side, 128),
             _act(activation),
             nn.Linear(128, num_classes),
         )
@@ -73,10 +90,12 @@ class ResNet(nn.Sequential):
     pooled size, which keeps a training epoch near a minute on two CPU cores at c=32.
     """
 
-    def __init__(self, activation: str = "relu", num_classes: int = 10, width: float = 1.0):
+    min_side = 4
+
+    def __init__(self, activation: str = "relu", num_classes: int = 10, width: float = 1.0, in_channels: int = 1):
         c = max(8, round(32 * width))
         super().__init__(
-            _conv_bn(1, c, activation),
+            _conv_bn(in_channels, c, activation),
             _conv_bn(c, 2 * c, activation),
             nn.MaxPool2d(2),
             _Residual(2 * c, activation),
@@ -92,9 +111,9 @@ class ResNet(nn.Sequential):
 MODELS = {"seed-a": SeedA, "seed-b": SeedB, "resnet": ResNet}
 
 
-def build_fashion_model(name: str, activation: str = "relu", width: float = 1.0) -> nn.Module:
-    if name not in MODELS:
-        raise ConfigError(f"model '{name}' is not a Fashion-MNIST model; choose one of {sorted(MODELS)}")
-    if name == "resnet":
-        return ResNet(activation=activation, width=width)
-    return MODELS[name](activation=activation)
+def build_fashion_model(name: str, activation: str | None = None, width: float | None = None) -> nn.Module:
+    """A Fashion-MNIST classifier (1x28x28 in, 10 classes out); options it does not take are refused."""
+    from . import build_model
+
+    sizes = {"in_channels": 1, "num_classes": 10, "image_size": 28}
+    return build_model("classify", name, **sizes, activation=activation, width=width)

@@ -13,7 +13,6 @@ from .. import runs
 from ..errors import CheckpointError, ConfigError
 from ..tasks import get_task
 from .html import (
-    VIEWS,
     _best_epoch,
     _class_label,
     _data_uri,
@@ -31,6 +30,7 @@ from .html import (
     _View,
     _wall_time,
     _write,
+    view_of,
 )
 
 RUN_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22"]
@@ -177,11 +177,20 @@ def write_compare(run_dirs: list[Path], out: Path) -> Path:
     if len({c.task for c in cfgs}) > 1:
         which = ", ".join(f"{d.name} is {c.task}" for d, c in zip(run_dirs, cfgs, strict=True))
         raise ConfigError(f"cannot compare runs of different tasks ({which}); compare one task at a time")
-    task, view = get_task(cfgs[0].task), VIEWS[cfgs[0].task]
+    task = get_task(cfgs[0])
+    view = view_of(task)
     labels = _labels(run_dirs)
     histories = [_history(d) for d in run_dirs]
     tests = [_eval(d, "test") for d in run_dirs]
     flat = [_flat(c.model_dump()) for c in cfgs]
+    # Folder runs of one task may have learned different classes: their per-class numbers do not line up.
+    same_classes = all(get_task(c).classes == task.classes for c in cfgs[1:])
+    per_class = (
+        _per_class_compare(labels, tests, task.classes, view)
+        if same_classes
+        else '<p class="note">The runs were trained on different classes (see data.classes below): no per-class '
+        "comparison.</p>"
+    )
     curves = (
         f'<figure class="wide">{_compare_curves(histories, labels, view)}<figcaption>Validation loss (left) and '
         f"validation {escape(view.label)} (right) after each epoch, one line per run (colours as in the table)."
@@ -190,7 +199,7 @@ def write_compare(run_dirs: list[Path], out: Path) -> Path:
     sections = [
         ("runs", "Runs", _runs_table(labels, flat, histories, tests, view)),
         ("curves", "Validation curves", curves),
-        ("per-class", "Per-class test results", _per_class_compare(labels, tests, task.classes, view)),
+        ("per-class", "Per-class test results", per_class),
         ("settings", "All settings", _settings_table(labels, flat)),
     ]
     header = (

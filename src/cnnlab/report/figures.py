@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,32 +16,9 @@ import torch
 from matplotlib.patches import Patch
 
 from ..checkpoint import atomic_write
+from ..outputs import write_json
 
 DPI = 110
-
-
-def _to_jsonable(obj: Any) -> Any:
-    if isinstance(obj, torch.Tensor):
-        obj = obj.tolist()
-    if isinstance(obj, np.ndarray):
-        obj = obj.tolist()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {str(k): _to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_to_jsonable(v) for v in obj]
-    return obj
-
-
-def json_bytes(obj: Any) -> bytes:
-    """`obj` as indented JSON (tensors and arrays as lists, non-finite floats as null)."""
-    return json.dumps(_to_jsonable(obj), indent=1).encode()
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Write `obj` as JSON to `path`, atomically."""
-    atomic_write(path, lambda tmp: tmp.write_bytes(json_bytes(obj)))
 
 
 def _save(fig: plt.Figure, path: Path, data: Any, layout: bool = True) -> Path:
@@ -186,12 +162,13 @@ def plot_examples(
         right = torch.nonzero((true == c) & (pred == c)).flatten()[:per_class].tolist()
         wrong = torch.nonzero((true == c) & (pred != c)).flatten()[:per_class].tolist()
         chosen[classes[c]] = {"correct": right, "wrong": wrong}
-        row = np.full((side, cols * (side + gap)), np.nan)
+        rgb = images.shape[1] == 3
+        row = np.full((side, cols * (side + gap), 3), 1.0) if rgb else np.full((side, cols * (side + gap)), np.nan)
         for k, i in enumerate(right + [None] * (per_class - len(right)) + wrong):
             if i is None or k >= cols:
                 continue
             x0 = k * (side + gap)
-            row[:, x0 : x0 + side] = images[i, 0].numpy()
+            row[:, x0 : x0 + side] = images[i].permute(1, 2, 0).numpy() / 255 if rgb else images[i, 0].numpy()
             ok = k < per_class
             ax.text(
                 x0 + side / 2,
@@ -263,8 +240,11 @@ def plot_filters(weight: torch.Tensor, path: Path, title: str) -> Path:
 
 
 def colorize(labels: torch.Tensor, colors: Sequence[tuple[int, int, int]]) -> np.ndarray:
-    """(H,W) class indices to an (H,W,3) uint8 colour image."""
-    return np.asarray(colors, dtype=np.uint8)[labels.long().numpy()]
+    """(H,W) class indices to an (H,W,3) uint8 colour image; values past the classes (an ignore value)
+    are white."""
+    palette = np.full((256, 3), 255, dtype=np.uint8)
+    palette[: len(colors)] = np.asarray(colors, dtype=np.uint8)
+    return palette[labels.numpy().astype(np.uint8)]
 
 
 def plot_segmentation_cases(
@@ -282,9 +262,11 @@ def plot_segmentation_cases(
     n = len(images)
     fig, axes = plt.subplots(n, 3, figsize=(9, 3 * n), squeeze=False)
     for r in range(n):
-        panels = (images[r].permute(1, 2, 0).numpy(), colorize(truths[r], colors), colorize(preds[r], colors))
+        image = images[r].permute(1, 2, 0).numpy()
+        image = image.squeeze(2) if image.shape[2] == 1 else image
+        panels = (image, colorize(truths[r], colors), colorize(preds[r], colors))
         for c, (img, head) in enumerate(zip(panels, ("image", "ground truth", "prediction"), strict=True)):
-            axes[r, c].imshow(img, interpolation="nearest")
+            axes[r, c].imshow(img, interpolation="nearest", cmap="gray")
             axes[r, c].axis("off")
             axes[r, c].set_title(f"{names[r]}: {head}" + (f" (mIoU {scores[r]:.2f})" if c == 2 else ""), fontsize=8)
     handles = [Patch(color=np.array(col) / 255, label=name) for name, col in zip(classes, colors, strict=True)]

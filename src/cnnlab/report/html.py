@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass
 from datetime import datetime
 from html import escape
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from PIL import Image
 from .. import __version__, runs
 from ..checkpoint import atomic_write
 from ..errors import CheckpointError
-from ..tasks.facade import HEX as FACADE_HEX
+from ..tasks import Task
 
 SPLITS = {"val": "validation", "test": "test", "external": "external data"}
 PHOTO_MAX_PX = 1000  # prediction overlays can be camera-sized; the page needs no more than this
@@ -40,64 +41,13 @@ class _View:
     colors: tuple[str, ...] | None = None
 
 
-VIEWS = {
-    "fashion": _View("acc", "accuracy", (("per_class_acc", "accuracy", "acc"),), percent=True),
-    "facade": _View("map", "mean AP", (("ap", "AP", "map"), ("iou", "IoU", "miou")), False, tuple(FACADE_HEX)),
-}
+def view_of(task: Task) -> _View:
+    """What the pages show of a task; the colours only for segmentation, whose classes have them."""
+    colors = tuple(task.colors) if task.kind == "segment" else None
+    return _View(task.primary, task.primary_label, task.per_class, task.percent, colors)
 
-# (figure name pattern, task or None for both, section, caption); the first match wins, {split} is filled in.
-CSS = """
-:root { --fg: #1d232b; --muted: #5d6875; --line: #d9dee4; --bg: #f5f7f9; --accent: #1f5fbf; --warn: #fff1d6; }
-* { box-sizing: border-box; }
-body { margin: 0; background: var(--bg); color: var(--fg); line-height: 1.5;
-  font: 15px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; }
-main { max-width: 1180px; margin: 0 auto; padding: 24px 28px 48px; background: #fff; min-height: 100vh; }
-h1 { font-size: 1.6rem; margin: 0 0 2px; }
-h2 { font-size: 1.25rem; margin: 36px 0 12px; padding-bottom: 4px; border-bottom: 2px solid var(--line); }
-h3 { font-size: 1.02rem; margin: 20px 0 8px; }
-a { color: var(--accent); }
-.sub, .note, figcaption, footer { color: var(--muted); }
-.sub { margin: 0 0 16px; }
-.banner { background: var(--warn); border: 1px solid #e0b24c; border-left: 6px solid #d18a00;
-  padding: 12px 16px; margin: 12px 0 18px; border-radius: 4px; }
-nav.toc { background: var(--bg); border: 1px solid var(--line); border-radius: 6px; padding: 8px 16px;
-  margin: 8px 0 8px; font-size: 0.92rem; }
-nav.toc ol { margin: 0; padding: 0; list-style: none; display: flex; flex-wrap: wrap; gap: 4px 18px; }
-.cards { display: grid; grid-template-columns: repeat(auto-fill, minmax(170px, 1fr)); gap: 12px; }
-.card { border: 1px solid var(--line); border-radius: 6px; padding: 10px 14px; }
-.card .k { color: var(--muted); font-size: 0.85rem; }
-.card .v { font-size: 1.45rem; font-weight: 600; font-variant-numeric: tabular-nums; white-space: nowrap; }
-.card .s { color: var(--muted); font-size: 0.8rem; }
-.scroll { overflow-x: auto; }
-table { border-collapse: collapse; margin: 4px 0 12px; font-size: 0.92rem; }
-th, td { padding: 4px 10px; border-bottom: 1px solid var(--line); text-align: left; vertical-align: top; }
-th { background: var(--bg); font-weight: 600; }
-tbody th { white-space: nowrap; }
-td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
-tfoot td { font-weight: 600; border-top: 2px solid var(--fg); }
-tr.best td { background: #e8f4ea; }
-.diff { background: #fff1d6; }
-td.diff { min-width: 8em; overflow-wrap: anywhere; }
-th.diff { background: #ffe2a8; }
-td.bar { background-image: linear-gradient(to right, #d5e4fa var(--v), transparent var(--v));
-  background-repeat: no-repeat; min-width: 120px; }
-.sw { display: inline-block; width: 0.95em; height: 0.95em; border: 1px solid #7a828c; border-radius: 2px;
-  margin-right: 6px; vertical-align: -0.12em; }
-code, pre { font-family: ui-monospace, "SFMono-Regular", Menlo, Consolas, monospace; font-size: 0.88rem; }
-.muted { color: var(--muted); }
-.grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(min(100%, 340px), 1fr)); gap: 8px 20px; }
-.figs { display: grid; grid-template-columns: repeat(auto-fill, minmax(min(100%, 520px), 1fr)); gap: 18px; }
-figure { margin: 0; text-align: center; }
-figure.wide { grid-column: 1 / -1; }
-figure img { max-width: 100%; height: auto; border: 1px solid var(--line); border-radius: 3px; }
-figcaption { text-align: left; font-size: 0.88rem; margin-top: 4px; }
-.photo figcaption { text-align: center; }
-figcaption b { color: var(--fg); font-family: ui-monospace, Menlo, Consolas, monospace; font-weight: 600; }
-.photo { display: grid; grid-template-columns: repeat(auto-fill, minmax(min(100%, 300px), 1fr)); gap: 12px;
-  align-items: start; border: 1px solid var(--line); border-radius: 6px; padding: 12px; margin-bottom: 14px; }
-details summary { cursor: pointer; color: var(--accent); margin: 6px 0; }
-footer { margin-top: 40px; font-size: 0.82rem; border-top: 1px solid var(--line); padding-top: 8px; }
-"""
+
+CSS = files(__package__).joinpath("report.css").read_text()  # one stylesheet for every page
 
 
 # ---------------------------------------------------------------- small helpers

@@ -4,15 +4,17 @@
 from __future__ import annotations
 
 import fnmatch
+import inspect
 from html import escape
 from pathlib import Path
 from typing import Any
 
 from .. import runs
-from ..tasks import get_task
+from ..config import RunConfig
+from ..models import model_table
+from ..tasks import Task, get_task
 from .html import (
     SPLITS,
-    VIEWS,
     _best_epoch,
     _card,
     _class_label,
@@ -33,13 +35,16 @@ from .html import (
     _View,
     _wall_time,
     _write,
+    view_of,
 )
 
+# (figure name pattern, who it is for, section, caption): the first match wins, {split} is filled in. Who:
+# None for every run, else a task kind ("classify", "segment") or the inputs' colours ("grey", "rgb").
 FIGURES = [
-    ("curves", "fashion", "training", "Loss (left) and accuracy (right) during training: per batch (smoothed, "
+    ("curves", "classify", "training", "Loss (left) and accuracy (right) during training: per batch (smoothed, "
      "light blue), the mean of each epoch (blue) and on the validation set after each epoch (orange). Validation "
      "loss rising while training loss falls means the net over-fits."),
-    ("curves", "facade", "training", "Loss (left) and pixel accuracy (right) during training: per batch "
+    ("curves", "segment", "training", "Loss (left) and pixel accuracy (right) during training: per batch "
      "(smoothed, light blue), the mean of each epoch (blue) and on the validation images after each epoch "
      "(orange); green, right axis: validation mean AP, the metric that picks the best checkpoint."),
     ("per_class_val_acc_over_epochs", None, "training", "Validation accuracy of each class after every epoch: "
@@ -50,21 +55,22 @@ FIGURES = [
      "numbers of the table above)."),
     ("ap_iou_*", None, "per-class", "Average precision and intersection over union of each class on the {split} "
      "set (the numbers of the table above); the title gives their means."),
-    ("confusion_*", "fashion", "confusion", "Confusion matrix of the {split} set: rows are the true class, columns "
+    ("confusion_*", "classify", "confusion", "Confusion matrix of the {split} set: rows are the true class, columns "
      "the predicted one; counts (left) and each row divided by its total (right), so the diagonal is each class's "
      "accuracy and the bright off-diagonal cells are the classes it is confused with."),
-    ("confusion_*", "facade", "confusion", "Pixel confusion matrix of the {split} set: rows are the true class of "
+    ("confusion_*", "segment", "confusion", "Pixel confusion matrix of the {split} set: rows are the true class of "
      "a pixel, columns the predicted one; pixel counts (left) and rows divided by their totals (right)."),
     ("examples_*", None, "examples", "Images of the {split} set, one row per true class: two classified correctly "
      "(green) and two wrongly (red, with the class predicted instead), each with the predicted class's "
      "probability."),
-    ("filters_conv1", None, "filters", "The learned kernels of the first convolution layer, one tile per filter, "
+    # A first layer on grey inputs is drawn one tile per filter; on RGB inputs like the deeper layers.
+    ("filters_conv1", "grey", "filters", "The learned kernels of the first convolution layer, one tile per filter, "
      "each scaled to its own range (black low, white high)."),
-    ("filters_*", None, "filters", "The learned kernels of a deeper convolution layer on one shared scale (red "
-     "positive, blue negative); the axis labels give the layout."),
-    ("best_*", None, "cases", "Success cases: the {split} images with the highest mean IoU: photo, ground truth "
+    ("filters_*", None, "filters", "The learned kernels of a convolution layer on one shared scale (red positive, "
+     "blue negative); the axis labels give the layout."),
+    ("best_*", None, "cases", "Success cases: the {split} images with the highest mean IoU: image, ground truth "
      "and prediction in the class colours."),
-    ("worst_*", None, "cases", "Failure cases: the {split} images with the lowest mean IoU: photo, ground truth "
+    ("worst_*", None, "cases", "Failure cases: the {split} images with the lowest mean IoU: image, ground truth "
      "and prediction in the class colours."),
 ]  # fmt: skip
 
@@ -86,11 +92,12 @@ SECTIONS = {
 }
 
 
-def _figure_info(name: str, task: str) -> tuple[str, str]:
+def _figure_info(name: str, task: Task) -> tuple[str, str]:
     """(section, caption) of a figure by its file name; unknown figures go to 'other' with no caption."""
     split = name.rpartition("_")[2]
+    tags = {task.kind, "grey" if task.channels == 1 else "rgb"}
     for pattern, only, section, caption in FIGURES:
-        if (only is None or only == task) and fnmatch.fnmatchcase(name, pattern):
+        if (only is None or only in tags) and fnmatch.fnmatchcase(name, pattern):
             return section, caption.format(split=SPLITS.get(split, split))
     return "other", ""
 
@@ -101,7 +108,7 @@ def _figure_order(path: Path) -> tuple[int, str]:
     return (list(SPLITS).index(split) if split in SPLITS else -1, path.stem)
 
 
-def _figures_html(paths: list[Path], task: str) -> dict[str, str]:
+def _figures_html(paths: list[Path], task: Task) -> dict[str, str]:
     """Figure PNGs as <figure> blocks grouped by section; most get a row of their own, small ones share one."""
     out: dict[str, str] = {}
     for path in sorted(paths, key=_figure_order):
@@ -183,6 +190,16 @@ def _partial_banner(run_dir: Path, cfg, history: list[dict]) -> str:
     )
 
 
+def _activation(cfg: RunConfig) -> str | None:
+    """The activation the run's model uses (the config's, else the model's default); None for a model
+    without that setting, or one this version does not know."""
+    model = model_table(cfg.kind).get(cfg.model.name)
+    takes = inspect.signature(model).parameters if model else {}
+    if "activation" not in takes:
+        return None
+    return cfg.model.activation or takes["activation"].default
+
+
 def _config_html(cfg) -> str:
     sections = {k: v for k, v in cfg.model_dump().items() if isinstance(v, dict)}
     cards = "".join(
@@ -203,7 +220,7 @@ def _environment_html(run_dir: Path, epochs: list[dict]) -> str:
 
 
 def _predictions_html(run_dir: Path, classes: tuple[str, ...], view: _View) -> str:
-    """Outputs of `cnnlab facade predict` in RUN/predictions: overlay, label map and class areas per photo."""
+    """Outputs of a segmentation run's `predict` in RUN/predictions: overlay, label map and class areas per photo."""
     blocks = []
     for areas_path in sorted((run_dir / "predictions").glob("*_areas.json")):
         stem = areas_path.name.removesuffix("_areas.json")
@@ -239,14 +256,14 @@ def write_report(run_dir: Path, *, partial: bool = False) -> Path:
     """
     run_dir = Path(run_dir)
     cfg = runs.load_run_config(run_dir)
-    task = get_task(cfg.task)
-    view = VIEWS[cfg.task]
+    task = get_task(cfg)
+    view = view_of(task)
     history = _history(run_dir)
     epochs = _epochs(history)
     evals = {s: e for s in SPLITS if (e := _eval(run_dir, s)) is not None}
 
     figs_dir = runs.RunPaths(run_dir).figures
-    figures = _figures_html(sorted(figs_dir.glob("*.png")) if figs_dir.is_dir() else [], cfg.task)
+    figures = _figures_html(sorted(figs_dir.glob("*.png")) if figs_dir.is_dir() else [], task)
     tables = _per_class_table(evals, task.classes, view) if evals else '<p class="note">Not evaluated yet.</p>'
     predictions = _predictions_html(run_dir, task.classes, view)
     best = _best_epoch(epochs, view.metric)
@@ -264,8 +281,8 @@ def write_report(run_dir: Path, *, partial: bool = False) -> Path:
     sections.append(("config", SECTIONS["config"], _config_html(cfg)))
     sections.append(("environment", SECTIONS["environment"], _environment_html(run_dir, epochs)))
 
-    # Only the Fashion-MNIST nets take an activation setting; the facade nets ignore it.
-    activation = f" ({escape(cfg.model.activation)})" if cfg.task == "fashion" else ""
+    activation = _activation(cfg)
+    activation = f" ({escape(activation)})" if activation else ""
     banner = _partial_banner(run_dir, cfg, history) if partial or len(epochs) < cfg.train.epochs else ""
     header = (
         f'<header><h1><span class="muted">{escape(cfg.task)} run</span> {escape(run_dir.resolve().name)}</h1>'

@@ -1,7 +1,14 @@
-"""What differs per task (data, model, loss, metrics, figures) behind one interface the engine uses."""
+"""Everything that differs per task, in one place: two kinds (classify, segment) with their losses,
+metrics and figures, and per dataset its facts (class names, colours, normalisation, input size).
+
+The engine, reports, predictions, export and server read these facts from a `Task`; none of them
+branches on a task's name. Built-in datasets: Fashion-MNIST (`fashion`) and the mini facade set
+(`facade`); `classify` and `segment` read the user's own folders (their facts live in the run's config).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,26 +18,82 @@ import torch.nn.functional as F
 from ..config import RunConfig
 from ..data import Split
 from ..errors import ConfigError
+from ..models import build_model
 
 Batchable = Split
 
+# Class colours where the data gives none: matplotlib's tab10, then tab20's light tones.
+PALETTE = (
+    "#1F77B4", "#FF7F0E", "#2CA02C", "#D62728", "#9467BD", "#8C564B", "#E377C2", "#7F7F7F", "#BCBD22", "#17BECF",
+    "#AEC7E8", "#FFBB78", "#98DF8A", "#FF9896", "#C5B0D5", "#C49C94", "#F7B6D2", "#C7C7C7", "#DBDB8D", "#9EDAE5",
+)  # fmt: skip
+
+
+def palette(n: int) -> list[str]:
+    return [PALETTE[i % len(PALETTE)] for i in range(n)]
+
 
 class Task:
-    """Defaults shared by both tasks; subclasses fill in the rest."""
+    """What the shared engine and every output need to know about one task kind on one dataset."""
 
-    name: str
+    kind: str  # "classify" or "segment"
+    name: str  # the config's task: fashion, facade, classify or segment
     classes: tuple[str, ...]
+    colors: tuple[str, ...]  # "#RRGGBB" per class: figures, overlays, the web page
+    mean: tuple[float, ...]  # per input channel, of pixel / 255
+    std: tuple[float, ...]
+    channels: int  # 1 grey or 3 RGB
+    image_size: int | None  # classifiers: the side of their square inputs; None: any size
+    ignore_index: int | None = None  # segmentation: mask value left out of loss and metrics
     primary: str  # the validation metric that picks the best checkpoint (higher is better)
+    primary_label: str
+    headline: dict[str, tuple[str, str]]  # metric key -> (label, format): the summary cards and tables
+    per_class: tuple[tuple[str, str, str], ...]  # (per-class key, column label, key of its mean)
+    percent: bool  # accuracies read better as percentages, AP and IoU as fractions
+    data_description: str = "the user's own image folder"
+    skipped: Sequence[str] = ()  # files the data loader left out (data.skip_bad), listed in the run folder
 
-    def load_data(self, cfg: RunConfig) -> dict[str, Split]:
+    def load_data(self, cfg: RunConfig, progress: bool = True) -> dict[str, Split]:
+        """The train, val and test splits (a folder task also fills in `cfg.data`'s facts)."""
         raise NotImplementedError
 
     def load_external(self, folder: Path) -> Split:
         """A whole labelled folder to evaluate on (a separate test set)."""
         raise ConfigError(f"{self.name} runs evaluate on their own data splits; use --data-dir instead")
 
-    def build_model(self, cfg: RunConfig) -> torch.nn.Module:
+    def split_description(self, cfg: RunConfig) -> str:
+        """How the run's data was split, in one sentence (model cards)."""
         raise NotImplementedError
+
+    def build_model(self, cfg: RunConfig) -> torch.nn.Module:
+        m = cfg.model
+        return build_model(
+            self.kind,
+            m.name,
+            in_channels=self.channels,
+            num_classes=len(self.classes),
+            image_size=self.image_size,
+            activation=m.activation,
+            width=m.width,
+        )
+
+    @property
+    def photo_mode(self) -> str:
+        """How a user's photo is decoded for this model: "L" grey or "RGB"."""
+        return "L" if self.channels == 1 else "RGB"
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 or 0..1 float (N,C,H,W) -> the model's input scale."""
+        x = x.float() / 255 if x.dtype == torch.uint8 else x
+        return (x - self._mean) / self._std
+
+    @property
+    def _mean(self) -> torch.Tensor:
+        return torch.tensor(self.mean).view(1, -1, 1, 1)
+
+    @property
+    def _std(self) -> torch.Tensor:
+        return torch.tensor(self.std).view(1, -1, 1, 1)
 
     def prepare_training(self, cfg: RunConfig, train: Split) -> None:
         """Hook for statistics of the training split (e.g. class frequencies for weighted losses)."""
@@ -42,7 +105,7 @@ class Task:
         raise NotImplementedError
 
     def eval_inputs(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        return self.normalise(x)
 
     def unflip(self, probs: torch.Tensor) -> torch.Tensor:
         """Map the prediction for a horizontally flipped input back (test-time flip)."""
@@ -75,7 +138,10 @@ def nll(probs: torch.Tensor, y: torch.Tensor) -> float:
     return float(-p.log().mean())
 
 
-def get_task(name: str) -> Task:
+def get_task(cfg: RunConfig | str) -> Task:
+    """The task of a run configuration: its kind on its dataset (a folder run's facts come from `cfg.data`).
+    A built-in dataset's name ("fashion", "facade") will do instead of a configuration."""
+    name = cfg if isinstance(cfg, str) else cfg.task
     if name == "fashion":
         from .fashion import FashionTask
 
@@ -84,4 +150,8 @@ def get_task(name: str) -> Task:
         from .facade import FacadeTask
 
         return FacadeTask()
-    raise ConfigError(f"unknown task '{name}'; choose fashion or facade")
+    if isinstance(cfg, str):
+        raise ConfigError(f"task {name!r}: give a run's configuration (a folder task's facts live there)")
+    from .folders import FolderClassify, FolderSegment
+
+    return FolderClassify(cfg) if name == "classify" else FolderSegment(cfg)
