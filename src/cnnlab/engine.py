@@ -22,23 +22,12 @@ from . import checkpoint, distributed
 from .config import RunConfig, dump_config
 from .errors import CheckpointError, ConfigError, DataError, TrainingError
 from .evaluation import check_input_size, evaluate, evaluate_split
-from .loop import EpochSums, LoopState, StopRequest, TrainResult, console, progress_bars
+from .loop import EpochSums, LoopState, StopRequest, TrainResult, console, epoch_order, progress_bars, seeded
 from .optim import lr_at, make_optimizer, match_state_layout
 from .outputs import check_dir, write_json
 from .runs import MetricsLog, RunPaths, default_run_dir, load_run_config, load_weights, read_history
 from .runtime import environment, make_runtime
 from .tasks import get_task
-
-
-def _generator(*parts: int) -> torch.Generator:
-    seed = 0
-    for p in parts:
-        seed = (seed * 1_000_003 + p) % (2**63)
-    return torch.Generator().manual_seed(seed)
-
-
-def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
-    return torch.randperm(n, generator=_generator(seed, 1, epoch))
 
 
 class Trainer:
@@ -199,7 +188,7 @@ class Trainer:
     def step(self, idx: torch.Tensor) -> tuple[float, int, int, float]:
         """One optimizer step on global batch `idx`; returns its summed loss, correct, predictions, lr."""
         cfg, rt, step = self.cfg, self.rt, self.state.step
-        gen = _generator(cfg.train.seed, 2, step)
+        gen = seeded(cfg.train.seed, 2, step)
         torch.manual_seed(int(torch.randint(2**62, (1,), generator=gen)))
         # The whole global batch is augmented on every process, then sharded: the same random draws as in
         # one process, so a run's result does not depend on how many processes computed it.

@@ -1,5 +1,6 @@
-"""The training loop's state and its small helpers: counters saved in every checkpoint, the epoch's
-running sums, the stop request of Ctrl-C / SIGTERM, the progress bars and the result of a run."""
+"""The training loop's state and its small helpers: counters saved in every checkpoint, the seeded
+generators of each epoch's order and each step's draws, the epoch's running sums, the stop request of
+Ctrl-C / SIGTERM, the progress bars and the result of a run."""
 
 from __future__ import annotations
 
@@ -10,10 +11,24 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def seeded(*parts: int) -> torch.Generator:
+    """A generator seeded by a tuple of integers, e.g. (seed, 2, step) for a step's random draws."""
+    seed = 0
+    for p in parts:
+        seed = (seed * 1_000_003 + p) % (2**63)
+    return torch.Generator().manual_seed(seed)
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
+    """The order of the `n` training images in `epoch`: the same in every process and on every resume."""
+    return torch.randperm(n, generator=seeded(seed, 1, epoch))
 
 
 @dataclass

@@ -37,7 +37,7 @@ class Rows:
             out[order] = self.base[rows[order]]
         else:
             out = self.base[int(rows)]
-        return out[(slice(None), *rest)] if rest and rows.ndim else (out[tuple(rest)] if rest else out)
+        return out[(slice(None), *rest)] if rows.ndim else out[tuple(rest)]
 
     def subset(self, idx: torch.Tensor) -> Rows:
         return Rows(self.base, self.index[idx])

@@ -20,7 +20,7 @@ import yaml
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import DataError
-from . import Split
+from . import Rows, Split
 from .cache import cache_key, decoded
 from .images import MAX_PIXELS, load_photo
 
@@ -283,19 +283,24 @@ def _by_colour(path: Path, rgb: np.ndarray, colors: list[str | None]) -> np.ndar
     return mask
 
 
+def segment_shape(
+    heads: list[tuple[int, int, str] | None], image_size: int | None
+) -> tuple[tuple[int, int], int | None]:
+    """The (H, W) segmentation images are decoded at, and the `data.image_size` that records it: the
+    images' one common size (None), else `image_size` squares, by default the median side's."""
+    sizes = {(h[1], h[0]) for h in heads if h is not None}
+    if image_size is None and len(sizes) > 1:
+        image_size = default_size(heads, "segment")
+    return ((image_size, image_size) if image_size else next(iter(sizes), (1, 1))), image_size
+
+
 def load_masks(
-    scan: Scan, size: tuple[int, int] | None, channels: int, info: DatasetFile, *, skip_bad: bool, cache: bool,
+    scan: Scan, size: tuple[int, int], channels: int, info: DatasetFile, *, skip_bad: bool, cache: bool,
     progress: bool,
 ) -> Split:
-    """Decode a segmentation split (cached): images uint8 (N, channels, H, W), masks uint8 (N, H, W).
-    `size` (H, W) resizes them (masks by nearest neighbour); None keeps the images' one common size."""
+    """Decode a segmentation split (cached) at `size` (H, W; see `segment_shape`): images uint8
+    (N, channels, H, W), masks uint8 (N, H, W), resized by nearest neighbour where they differ."""
     mode = "L" if channels == 1 else "RGB"
-    heads = [header(p) for p in scan.files]
-    if size is None:
-        sizes = {(h[1], h[0]) for h in heads if h is not None}
-        if len(sizes) > 1:
-            raise DataError(f"{scan.files[0].parent}: images differ in size; set data.image_size to resize them")
-        size = next(iter(sizes), (1, 1))
 
     def fill(i: int) -> dict[str, np.ndarray] | None:
         try:
@@ -328,17 +333,16 @@ def load_masks(
     return Split(arrays["x"], arrays["y"], [scan.files[i].stem for i in keep])
 
 
-def channel_stats(x: torch.Tensor, rows: torch.Tensor | None = None) -> tuple[list[float], list[float]]:
+def channel_stats(x: torch.Tensor | Rows) -> tuple[list[float], list[float]]:
     """Per-channel mean and standard deviation of pixel/255 over the images (chunked: no float copy of the set)."""
-    index = rows if rows is not None else torch.arange(len(x))
     total = torch.zeros(x.shape[1], dtype=torch.float64)
     square = torch.zeros_like(total)
     rows = max(1, 2**21 // (x.shape[1] * x.shape[2] * x.shape[3]))  # ~8 MB of float32 at a time
-    for i in range(0, len(index), rows):
-        chunk = x[index[i : i + rows]].float() / 255
+    for i in range(0, len(x), rows):
+        chunk = x[i : i + rows].float() / 255
         total += chunk.sum((0, 2, 3), dtype=torch.float64)
         square += (chunk**2).sum((0, 2, 3), dtype=torch.float64)
-    n = len(index) * x.shape[2] * x.shape[3]
+    n = len(x) * x.shape[2] * x.shape[3]
     mean = total / n
     std = (square / n - mean**2).clamp_min(1e-12).sqrt()
     return [round(float(v), 4) for v in mean], [max(round(float(v), 4), 1e-3) for v in std]

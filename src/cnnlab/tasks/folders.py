@@ -53,10 +53,10 @@ class _FolderFacts:
         # The folder's name, not its path: the server shows this to anyone who can reach it.
         self.data_description = f"the image folder {Path(d.dir).name}" if d.dir else "an image folder"
 
-    def _learn(self, cfg: RunConfig, train: Split, stats_rows: torch.Tensor | None = None) -> None:
+    def _learn(self, cfg: RunConfig, train: Split) -> None:
         d = cfg.data
         if d.mean is None or d.std is None:
-            mean, std = fd.channel_stats(train.x if not isinstance(train.x, Rows) else train.x.base, stats_rows)
+            mean, std = fd.channel_stats(train.x)
             d.mean, d.std = d.mean or mean, d.std or std
         self._read_facts(cfg)
 
@@ -102,7 +102,7 @@ class FolderClassify(_FolderFacts, ClassifyTask):
             data["train"] = data["train"].subset(pick[: d.limit].sort().values)
         d.classes, d.image_size, d.channels = list(classes), size, channels
         d.colors = d.colors or palette(len(classes))
-        self._learn(cfg, data["train"], data["train"].x.index)
+        self._learn(cfg, data["train"])
         self.image_size = size
         self.skipped = skipped
         return data
@@ -135,11 +135,9 @@ class FolderSegment(_FolderFacts, SegmentTask):
             if (root / name).is_dir():
                 scans[name] = fd.scan_masks(root / name)
         heads, _ = fd.survey([f for s in scans.values() for f in s.files], d.skip_bad)
-        sizes = {(h[1], h[0]) for h in heads if h is not None}
-        size = d.image_size or (fd.default_size(heads, "segment") if len(sizes) > 1 else None)
+        shape, size = fd.segment_shape(heads, d.image_size)
         channels = d.channels or fd.detect_channels(heads)
         common = dict(skip_bad=d.skip_bad, cache=d.cache, progress=progress)
-        shape = (size, size) if size else None
         data = {k: _lazy(fd.load_masks(s, shape, channels, info, **common)) for k, s in scans.items()}
         skipped = _left_out(scans, data, lambda p: p.stem)
         full = data.pop("all")
@@ -159,7 +157,7 @@ class FolderSegment(_FolderFacts, SegmentTask):
         d.image_size = size
         d.colors = [c or p for c, p in zip(info.colors, palette(len(info.classes)), strict=True)]
         d.mean, d.std = d.mean or info.mean, d.std or info.std
-        self._learn(cfg, data["train"], data["train"].x.index)
+        self._learn(cfg, data["train"])
         self.ignore_index = info.ignore
         self.skipped = skipped
         return {k: data[k] for k in ("train", "val", "test")}
@@ -167,5 +165,6 @@ class FolderSegment(_FolderFacts, SegmentTask):
     def load_external(self, folder: Path) -> Split:
         info = fd.DatasetFile(list(self.classes), list(self.colors), self.ignore_index)
         scan = fd.scan_masks(fd.existing(folder, "segment"))
-        fd.survey(scan.files, False)
-        return fd.load_masks(scan, None, self.channels, info, skip_bad=False, cache=False, progress=True)
+        heads, _ = fd.survey(scan.files, False)
+        shape, _ = fd.segment_shape(heads, None)
+        return fd.load_masks(scan, shape, self.channels, info, skip_bad=False, cache=False, progress=True)

@@ -51,13 +51,12 @@ def per_image_iou(
 
 
 def dice_loss(logits: torch.Tensor, y: torch.Tensor, ignore_index: int | None = None) -> torch.Tensor:
-    probs = logits.softmax(1)
-    if ignore_index is not None:
+    probs, keep = logits.softmax(1), None
+    if ignore_index is not None:  # ignored pixels count for no class, predicted or true
         keep = (y != ignore_index).unsqueeze(1)
         probs, y = probs * keep, y.masked_fill(~keep.squeeze(1), 0)
-        onehot = F.one_hot(y, logits.shape[1]).permute(0, 3, 1, 2).to(probs.dtype) * keep
-    else:
-        onehot = F.one_hot(y, logits.shape[1]).permute(0, 3, 1, 2).to(probs.dtype)
+    onehot = F.one_hot(y, logits.shape[1]).permute(0, 3, 1, 2).to(probs.dtype)
+    onehot = onehot if keep is None else onehot * keep
     inter = (probs * onehot).sum((0, 2, 3))
     return 1 - ((2 * inter + 1) / (probs.sum((0, 2, 3)) + onehot.sum((0, 2, 3)) + 1)).mean()
 
