@@ -115,21 +115,33 @@ def evaluate(
 
 
 def predict(
-    model: str | Path, images: Sequence[str | Path], *, top: int = 3, out: str | Path | None = None
+    model: str | Path,
+    images: Sequence[str | Path],
+    *,
+    top: int = 3,
+    out: str | Path | None = None,
+    max_side: int | None = None,
+    tta: bool = False,
 ) -> list[dict]:
     """Predict on your own image files with a run folder or a shipped model's name ("fashion", "facade").
 
     Fashion-MNIST: one dict per image with "file", "top" (`top` pairs of class and probability) and
     "notes" (what was done to the image). Facades: also writes NAME_labels.png, NAME_overlay.jpg and
     NAME_areas.json into `out` (default: RUN/predictions, or ./predictions for a shipped model) and
-    returns "area" (class: share of the photo) and the paths written.
+    returns "area" (class: share of the photo) and the paths written. Segmentation works at `max_side` px
+    on the photo's longer side (default 512), in overlapping tiles; `tta` averages the views the model's
+    recipe evaluates with (mirrored, rescaled: slower, usually a little better).
     """
     from .predictions import predict_files
     from .pretrained import resolve_any
+    from .segment import MAX_SIDE, MIN_WORK_SIDE
 
     if not 1 <= top <= 10:
         raise ConfigError(f"top {top}: choose 1 to 10 classes")
-    return predict_files(resolve_any(model), [Path(p) for p in images], top=top, out=Path(out) if out else None)
+    if max_side is not None and not MIN_WORK_SIDE <= max_side <= MAX_SIDE:
+        raise ConfigError(f"max_side {max_side}: choose {MIN_WORK_SIDE} to {MAX_SIDE} px")
+    paths = [Path(p) for p in images]
+    return predict_files(resolve_any(model), paths, top=top, out=Path(out) if out else None, max_side=max_side, tta=tta)
 
 
 def load_model(model: str | Path, which: str = "best", device: str = "cpu") -> tuple[torch.nn.Module, RunConfig]:

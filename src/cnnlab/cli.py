@@ -14,6 +14,7 @@ from . import api, runs
 from .config import DEFAULT_RECIPES, KINDS, recipe_names
 from .errors import CnnlabError
 from .outputs import check_file
+from .segment import MAX_SIDE, MAX_WORK_SIDE, MIN_WORK_SIDE
 from .tasks import get_task
 
 app = typer.Typer(
@@ -170,10 +171,17 @@ def _segment_predict(sub: typer.Typer, task: str) -> None:
         out: Path | None = typer.Option(
             None, "-o", "--out", help="Output folder (default: RUN/predictions; ./predictions for a shipped model)."
         ),
+        max_side: int = typer.Option(
+            MAX_WORK_SIDE,
+            min=MIN_WORK_SIDE,
+            max=MAX_SIDE,
+            help="Segment at this many px on the photo's longer side (overlapping tiles), then resize back.",
+        ),
+        tta: bool = typer.Option(False, help="Also average mirrored and rescaled views, as the recipe evaluates."),
     ) -> None:
         """Segment your own photos: colour label map, overlay and per-class area percentages."""
         run, photos = _model_and_files(task, files, model)
-        for r in api.predict(run, photos, out=out):
+        for r in api.predict(run, photos, out=out, max_side=max_side, tta=tta):
             shares = ", ".join(f"{c} {p:.1%}" for c, p in r["area"].items())
             typer.echo(f"{r['file']}: {shares} -> {r['overlay']}")
             for note in r["notes"]:

@@ -89,6 +89,7 @@ class ModelConfig(_Strict):
     # None: the model's own default. A value the chosen model does not take is refused (models/__init__.py).
     activation: Literal["relu", "leaky_relu", "sigmoid"] | None = None
     width: float | None = Field(None, gt=0.0)
+    pretrained: bool = Field(False, description="start the encoder from ImageNet weights (cnnlab[pretrained])")
 
 
 class LossConfig(_Strict):
@@ -104,6 +105,7 @@ class OptimConfig(_Strict):
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
     schedule: Literal["constant", "cosine", "onecycle"] = "constant"
     warmup_fraction: float = Field(0.0, ge=0.0, lt=1.0)
+    encoder_lr: float = Field(1.0, gt=0.0, le=1.0, description="the pretrained encoder's rate as a share of lr")
 
 
 class TrainConfig(_Strict):

@@ -75,7 +75,8 @@ class Trainer:
             raise ConfigError("train.tensorboard needs the tensorboard package: pip install 'cnnlab[tensorboard]'")
         self.data = self.task.load_data(cfg, progress=self.progress)
         self.train_set, self.val_set = self.data["train"], self.data["val"]
-        self.net = self.task.build_model(cfg).to(self.rt.device)
+        started = resume and (self.paths.last.exists() or self.paths.last.with_suffix(".prev").exists())
+        self.net = self.task.build_model(cfg, init=not started).to(self.rt.device)
         self.check_data()
         if self.rt.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
@@ -86,7 +87,7 @@ class Trainer:
 
         self.state = LoopState()
         self.finished = False
-        if resume and not (self.paths.last.exists() or self.paths.last.with_suffix(".prev").exists()):
+        if resume and not started:
             # Stopped before its first checkpoint: start over in the same folder.
             self.log = MetricsLog(self.paths.metrics, truncate_at=0) if self.dist.main else None
             self.say(f"{self.run_dir} has no checkpoint yet: starting it from the beginning")
@@ -201,7 +202,7 @@ class Trainer:
             x = x.contiguous(memory_format=torch.channels_last)
         lr = lr_at(cfg, step, self.total_steps)
         for g in self.opt.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g.get("lr_share", 1.0)  # optimizer states saved before encoder_lr have none
         with rt.autocast():
             logits = self.model(x)
             loss = self.task.loss(logits.float(), y, cfg)

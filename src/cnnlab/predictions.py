@@ -11,22 +11,33 @@ from .data.images import load_photo
 from .errors import ConfigError
 from .outputs import check_dir
 from .runs import load_model
+from .runtime import inference_runtime
 from .tasks import Task, get_task
 
 
-def predict_files(run_dir: Path, paths: list[Path], top: int = 3, out: Path | None = None) -> list[dict[str, Any]]:
+def predict_files(
+    run_dir: Path,
+    paths: list[Path],
+    top: int = 3,
+    out: Path | None = None,
+    max_side: int | None = None,
+    tta: bool = False,
+) -> list[dict[str, Any]]:
     """Predictions of the model in `run_dir` on image files (see `cnnlab.predict`)."""
     model, cfg = load_model(run_dir)
     task = get_task(cfg)
     if task.kind == "segment":
         from .pretrained import is_shipped
-        from .segment import segment_files
+        from .segment import MAX_WORK_SIDE, recipe_views, segment_files
 
         # A shipped model lives inside the installed package: its outputs go to the working folder.
         default = Path("predictions") if is_shipped(run_dir) else run_dir / "predictions"
-        return segment_files(model, task, paths, check_dir(out or default, "--out"))
-    if out is not None:
-        raise ConfigError(f"out {out}: {cfg.task} predictions write no files; drop the out argument")
+        folder = check_dir(out or default, "--out")
+        side = max_side or MAX_WORK_SIDE
+        return segment_files(model, task, paths, folder, inference_runtime(), side, recipe_views(cfg, tta))
+    for name, value in (("out", out), ("max_side", max_side), ("tta", tta)):
+        if value:
+            raise ConfigError(f"{name} {value}: {cfg.task} predictions take no {name}; drop it")
     results = []
     min_side, max_side = task.photo_sides
     for path in paths:

@@ -66,6 +66,13 @@ def make_runtime(cfg: RunConfig, device: str = "cpu", local_rank: int = 0) -> Ru
     return Runtime(dev, bf16, cl, torch.get_num_threads())
 
 
+def inference_runtime(device: str = "cpu") -> Runtime:
+    """How to run a trained model on users' inputs: bf16 where the hardware has it, channels-last, and no
+    process-wide settings changed (a server shares the process)."""
+    dev = torch.device(device)
+    return Runtime(dev, _bf16_fast(dev), True, torch.get_num_threads())
+
+
 def environment(rt: Runtime) -> dict[str, Any]:
     return {
         "cnnlab": __version__,

@@ -19,7 +19,7 @@ import base64
 import io
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from importlib.resources import files
 from pathlib import Path
@@ -42,9 +42,10 @@ from .data.images import MAX_PIXELS, read_photo
 from .errors import CheckpointError, CnnlabError, DataError, NotAnImageError
 from .predictions import classify
 from .pretrained import resolve_any, resolve_model
+from .runtime import Runtime, inference_runtime
 from .segment import MAX_SIDE as SEGMENT_MAX_SIDE
+from .segment import MAX_WORK_SIDE, label_png, segment_photo
 from .segment import MIN_SIDE as SEGMENT_MIN_SIDE
-from .segment import label_png, segment_photo
 from .tasks import Task, get_task
 
 OVERLAY_MAX_PX = 1024  # the page shows no more; the label map keeps the decoded photo's size
@@ -76,6 +77,7 @@ class Served:
     model: torch.nn.Module | None = None
     name: str | None = None
     error: str | None = None
+    runtime: Runtime = field(default_factory=inference_runtime)
 
 
 def resolve_slot(ref: str | Path | None, kind: str) -> Path:
@@ -299,7 +301,7 @@ def segmented(held: Served, decode: Decode) -> SegmentResult:
     task = held.task
     # Segment tasks have no photo_mode: a grey folder run was trained on grey images, every other one on RGB.
     img, notes = decode("L" if task.channels == 1 else "RGB", SEGMENT_MIN_SIDE, SEGMENT_MAX_SIDE)
-    seg = segment_photo(held.model, task, img, notes)
+    seg = segment_photo(held.model, task, img, notes, held.runtime, MAX_WORK_SIDE)
     return SegmentResult(
         width=img.shape[2],
         height=img.shape[1],

@@ -27,17 +27,24 @@ def build_model(
     image_size: int | None = None,
     activation: str | None = None,
     width: float | None = None,
+    pretrained: bool = False,
+    fresh: bool = True,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
 ) -> nn.Module:
     """The `kind` model called `name` for inputs of `in_channels` (and, for classifiers, `image_size` px
-    squares) and `num_classes` outputs. `activation` and `width` (None: the model's default) are refused,
-    with a reason, by a model that would ignore them."""
+    squares) and `num_classes` outputs. `activation`, `width` (None: the model's default) and `pretrained`
+    are refused, with a reason, by a model that would ignore them; pretrained weights are loaded only for a
+    `fresh` model (not one whose weights come from a checkpoint next). A model that names `mean` and `std`
+    gets the normalisation of its inputs (an ImageNet encoder rescales them to its own)."""
     table = model_table(kind)
     if name not in table:
         raise ConfigError(f"model.name {name!r}: not a {kind} model; choose one of {', '.join(table)}")
     takes = inspect.signature(table[name]).parameters
-    options = {"activation": activation, "width": width}
+    options = {"activation": activation, "width": width, "pretrained": pretrained or None}
     for key, value in options.items():
         if value is not None and key not in takes:
             raise ConfigError(f"model.{key}: {name} has no {key} setting; remove model.{key} or choose another model")
-    given = {"in_channels": in_channels, "num_classes": num_classes, "image_size": image_size, **options}
+    given = {"in_channels": in_channels, "num_classes": num_classes, "image_size": image_size, "mean": mean, "std": std}
+    given.update(options, pretrained=(pretrained and fresh) or None)
     return table[name](**{k: v for k, v in given.items() if v is not None and k in takes})

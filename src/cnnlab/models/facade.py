@@ -1,6 +1,7 @@
 """Segmentation nets: float (B, in_channels, H, W) in, class logits (B, C, H, W) out, for any H, W.
 
-SeedA and SeedB rebuild the two reference reports' nets; UNet is the stronger, CPU-sized baseline.
+SeedA and SeedB rebuild the two reference reports' nets; UNet is the stronger, CPU-sized baseline trained
+from scratch; LiteUNet (efficientnet.py) puts a U-Net decoder on an ImageNet-pretrained encoder.
 """
 
 import torch
@@ -8,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from .efficientnet import LiteUNet
 
 
 def _match_size(logits: Tensor, height: int, width: int) -> Tensor:
@@ -128,7 +130,7 @@ class UNet(nn.Module):
         return self.head(x)[..., :height, :width]
 
 
-MODELS = {"seed-a": SeedA, "seed-b": SeedB, "unet": UNet}
+MODELS = {"seed-a": SeedA, "seed-b": SeedB, "unet": UNet, "lite0-unet": LiteUNet}
 
 
 def build_facade_model(name: str, width: float | None = None) -> nn.Module:

@@ -65,7 +65,9 @@ class Task:
         """How the run's data was split, in one sentence (model cards)."""
         raise NotImplementedError
 
-    def build_model(self, cfg: RunConfig) -> torch.nn.Module:
+    def build_model(self, cfg: RunConfig, init: bool = False) -> torch.nn.Module:
+        """The run's network. `init`: a fresh training run, whose encoder starts from ImageNet weights
+        if the config asks; otherwise the weights come from a checkpoint, and the extra is not needed."""
         m = cfg.model
         return build_model(
             self.kind,
@@ -75,6 +77,10 @@ class Task:
             image_size=self.image_size,
             activation=m.activation,
             width=m.width,
+            pretrained=m.pretrained,
+            fresh=init,
+            mean=tuple(self.mean),
+            std=tuple(self.std),
         )
 
     @property
