@@ -52,11 +52,11 @@ def child(model_ref: str, photo: str, side: int, tta: bool) -> None:
     model, cfg = load_model(model_ref)
     task = get_task(cfg)
     img, _ = load_photo(Path(photo), mode="RGB", min_side=seg.MIN_SIDE, max_side=seg.MAX_SIDE)
-    new = "rt" in inspect.signature(seg.segment).parameters
+    new = "views" in inspect.signature(seg.segment).parameters
     if new:
         from cnnlab.runtime import inference_runtime
 
-        args = (inference_runtime(), side, seg.recipe_views(cfg, tta))
+        args = (side, seg.recipe_views(cfg, tta), inference_runtime())
     else:
         args = (side,)
     seg.segment(model, task, img[:, :256, :256], *args)  # warm-up: first-call allocations, kernel choice
@@ -106,7 +106,7 @@ def quality(model_ref: str, sides: tuple[int, ...]) -> list[tuple[int, float, fl
             big = F.interpolate(img[None].float(), scale_factor=4.0, mode="bilinear", align_corners=False)
             big = big.round().clamp(0, 255).to(torch.uint8)[0]
             t = time.perf_counter()
-            p = segment(model, task, big, rt, side)
+            p = segment(model, task, big, side, rt=rt)
             seconds += time.perf_counter() - t
             probs.append(F.interpolate(p[None], size=img.shape[1:], mode="area" if side > 256 else "bilinear"))
         m = task.metrics(torch.cat(probs), val.targets, cfg)
@@ -150,7 +150,8 @@ def main() -> None:
         ]
     with tempfile.TemporaryDirectory() as tmp:
         photo = make_photo(args.model, Path(tmp))
-        table = ["| code, model | setting | model time | + full-size labels | peak memory above start |", "|---|---|---|---|---|"]
+        table = ["| code, model | setting | model time | + full-size labels | peak memory above start |"]
+        table.append("|---|---|---|---|---|")
         settings = [(s, False) for s in args.sides] + [(MAX_WORK_SIDE, True)]
         if args.baseline:
             tree = Path(tmp) / "baseline"

@@ -134,9 +134,11 @@ def test_models_command(shipped, tmp_path, monkeypatch):
     assert r.returncode == 0, r.stderr
     card = json.loads((shipped / "fashion" / "card.json").read_text())
     rows = {line.split()[0]: line.split() for line in r.stdout.splitlines() if line.strip()}
-    assert rows["fashion"][1:5] == ["seed-a", "seed-a", f"{card['val']['acc']:.2%}", f"{card['test']['acc']:.2%}"]
+    val, test = f"{card['val']['acc']:.2%}", f"{card['test']['acc']:.2%}"
+    assert rows["fashion"][1:6] == ["seed-a", "seed-a", "no", val, test]  # no ImageNet encoder
+    assert card["imagenet_encoder"] is False and card["training"].startswith("from scratch; ")
     facade = json.loads((shipped / "alt" / "card.json").read_text())
-    assert rows["alt"][3:5] == [f"{facade['val']['map']:.3f}", f"{facade['val']['miou']:.3f}"]
+    assert rows["alt"][4:6] == [f"{facade['val']['map']:.3f}", f"{facade['val']['miou']:.3f}"]
     assert "facade" in rows
     monkeypatch.setenv(pretrained.ENV_VAR, str(tmp_path))
     r = CliRunner().invoke(app, ["models"])
@@ -157,7 +159,7 @@ def test_ship_and_list_a_folder_run(cache_dir, tmp_path, monkeypatch):
     assert r.exit_code == 0, r.output
     rows = {line.split()[0]: line.split() for line in r.stdout.splitlines() if line.strip()}
     assert "classify" in rows  # the table's title: "classify models"
-    assert rows["mine"] == ["mine", "small", "resnet", f"{card['val']['acc']:.2%}", "-", card["trained"]]
+    assert rows["mine"] == ["mine", "small", "resnet", "no", f"{card['val']['acc']:.2%}", "-", card["trained"]]
 
 
 def test_predict_without_a_run(runs, shipped, tmp_path):

@@ -248,10 +248,11 @@ def models() -> None:
         first = next(c for c in cards if c["task"] == task)
         metrics = get_task(runs.load_run_config(models_dir() / first["name"])).headline
         headers = [f"{split} {label}" for split in ("val", "test") for label, _ in metrics.values()]
-        table = Table("name", "recipe", "model", *headers, "trained", title=f"{task} models", box=None)
+        table = Table("name", "recipe", "model", "ImageNet", *headers, "trained", title=f"{task} models", box=None)
         for c in (c for c in cards if c["task"] == task):
             scores = [fmt.format(c[s][k]) if c[s] else "-" for s in ("val", "test") for k, (_, fmt) in metrics.items()]
-            table.add_row(c["name"], c["recipe"], c["model"], *scores, c["trained"])
+            imagenet = "yes" if c.get("imagenet_encoder") else "no"  # cards shipped before the field: from scratch
+            table.add_row(c["name"], c["recipe"], c["model"], imagenet, *scores, c["trained"])
         console.print(table)
 
 

@@ -11,7 +11,6 @@ from .data.images import load_photo
 from .errors import ConfigError
 from .outputs import check_dir
 from .runs import load_model
-from .runtime import inference_runtime
 from .tasks import Task, get_task
 
 
@@ -34,7 +33,7 @@ def predict_files(
         default = Path("predictions") if is_shipped(run_dir) else run_dir / "predictions"
         folder = check_dir(out or default, "--out")
         side = max_side or MAX_WORK_SIDE
-        return segment_files(model, task, paths, folder, inference_runtime(), side, recipe_views(cfg, tta))
+        return segment_files(model, task, paths, folder, side, recipe_views(cfg, tta))
     for name, value in (("out", out), ("max_side", max_side), ("tta", tta)):
         if value:
             raise ConfigError(f"{name} {value}: {cfg.task} predictions take no {name}; drop it")

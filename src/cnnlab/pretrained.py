@@ -88,6 +88,22 @@ def resolve_any(ref: str | Path) -> Path:
     return models_dir() / str(ref)
 
 
+def _how_trained(cfg: RunConfig) -> str:
+    """One sentence on the recipe's training, for people reading the card."""
+    o, a, t = cfg.optim, cfg.augment, cfg.train
+    start = "encoder from ImageNet weights (EfficientNet-Lite0)" if cfg.model.pretrained else "from scratch"
+    rate = f"{o.name} lr {o.lr:g} ({o.schedule})" + (f", encoder at {o.encoder_lr:g}x" if o.encoder_lr != 1 else "")
+    crops = f"{a.crop_size} px crops, then {a.full_size_epochs} epochs on whole images"
+    crops = crops if a.crop_size else "whole images"
+    sizes = f"sizes {', '.join(f'{s:g}x' for s in t.tta_scales)}"
+    views = ["mirrored"] * t.tta_flip + [sizes] * (t.tta_scales != [1.0])
+    return (
+        f"{start}; {t.epochs} epochs of batch {t.batch_size}, {crops}; loss {cfg.loss.name}"
+        f"{f' + {cfg.loss.dice:g} dice' if cfg.loss.dice else ''}; {rate}; final evaluations "
+        f"{' and '.join(views) if views else 'one view'}"
+    )
+
+
 def _card_for(run_dir: Path, name: str, cfg: RunConfig, weights: dict[str, Any]) -> dict[str, Any]:
     env = json.loads(RunPaths(run_dir).env.read_text())
     epochs = [r for r in read_history(run_dir) if r["kind"] == "epoch"]
@@ -99,6 +115,8 @@ def _card_for(run_dir: Path, name: str, cfg: RunConfig, weights: dict[str, Any])
         "task": cfg.task,
         "recipe": cfg.recipe,
         "model": cfg.model.name,
+        "imagenet_encoder": cfg.model.pretrained,
+        "training": _how_trained(cfg),
         "parameters": sum(p.numel() for p in model.parameters()),
         "data": task.data_description,
         "split": task.split_description(cfg),

@@ -25,7 +25,7 @@ from .checkpoint import atomic_write
 from .config import RunConfig
 from .data.images import load_photo
 from .outputs import json_bytes, unique_stems
-from .runtime import Runtime
+from .runtime import Runtime, inference_runtime
 from .tasks import Task
 
 TILE, OVERLAP, TILE_BATCH = 384, 64, 4
@@ -96,13 +96,14 @@ def segment(
     model: torch.nn.Module,
     task: Task,
     img: torch.Tensor,
-    rt: Runtime,
     max_side: int = MAX_WORK_SIDE,
     views: Views = Views(),
+    rt: Runtime | None = None,
 ) -> torch.Tensor:
     """uint8 (C,H,W) photo -> float (classes, h, w) probabilities at the working size (longer side at
-    most `max_side`), averaged over `views`."""
+    most `max_side`), averaged over `views`; `rt` None: bf16 where the CPU has it, channels-last."""
     model.eval()
+    rt = rt or inference_runtime()
     _, h, w = img.shape
     scale = min(1.0, max_side / max(h, w))
     x = task.eval_inputs(img[None])
@@ -154,9 +155,9 @@ def segment_photo(
     task: Task,
     img: torch.Tensor,
     notes: list[str],
-    rt: Runtime,
     max_side: int = MAX_WORK_SIDE,
     views: Views = Views(),
+    rt: Runtime | None = None,
 ) -> Segmentation:
     """Label map, overlay and class areas of one uint8 (3,H,W) photo; adds to `notes` how it was segmented."""
     # Imported here: the CLI reads this module's sizes for its --help, without loading matplotlib.
@@ -166,7 +167,7 @@ def segment_photo(
     _, h, w = img.shape
     if max(h, w) > max_side:
         notes.append(f"segmented at {max_side} px on the longer side, then resized back to {w}x{h}")
-    labels = full_size_labels(segment(model, task, img, rt, max_side, views), h, w)
+    labels = full_size_labels(segment(model, task, img, max_side, views, rt), h, w)
     colour = colorize(labels, [hex_to_rgb(c) for c in task.colors])
     photo = img.permute(1, 2, 0).numpy()
     overlay = (0.5 * photo + 0.5 * colour).astype(np.uint8)
@@ -185,9 +186,9 @@ def segment_files(
     task: Task,
     paths: list[Path],
     out_dir: Path,
-    rt: Runtime,
     max_side: int = MAX_WORK_SIDE,
     views: Views = Views(),
+    rt: Runtime | None = None,
 ) -> list[dict[str, Any]]:
     """Write NAME_labels.png, NAME_overlay.jpg and NAME_areas.json for each photo into `out_dir`.
 
@@ -198,7 +199,7 @@ def segment_files(
     results = []
     for (path, img, notes), stem in zip(photos, unique_stems(paths), strict=True):
         _, h, w = img.shape
-        seg = segment_photo(model, task, img, notes, rt, max_side, views)
+        seg = segment_photo(model, task, img, notes, max_side, views, rt)
         files = {
             out_dir / f"{stem}_labels.png": _encoded(label_png(seg.labels, task), format="PNG"),
             out_dir / f"{stem}_overlay.jpg": _encoded(Image.fromarray(seg.overlay), format="JPEG", quality=90),

@@ -301,7 +301,7 @@ def segmented(held: Served, decode: Decode) -> SegmentResult:
     task = held.task
     # Segment tasks have no photo_mode: a grey folder run was trained on grey images, every other one on RGB.
     img, notes = decode("L" if task.channels == 1 else "RGB", SEGMENT_MIN_SIDE, SEGMENT_MAX_SIDE)
-    seg = segment_photo(held.model, task, img, notes, held.runtime, MAX_WORK_SIDE)
+    seg = segment_photo(held.model, task, img, notes, MAX_WORK_SIDE, rt=held.runtime)
     return SegmentResult(
         width=img.shape[2],
         height=img.shape[1],
