@@ -29,9 +29,10 @@ from .runtime import Runtime, inference_runtime
 from .tasks import Task
 
 TILE, OVERLAP, TILE_BATCH = 384, 64, 4
-# px, the longer side segmentation works at by default: measured on the validation photos against
-# quality and time (benchmarks/segment_photo.py, BENCHMARKS.md).
-MAX_WORK_SIDE = 512
+# px, the longer side segmentation works at by default. The nets learned from 256 px images of one facade
+# each; validation facades enlarged as a photo would show them lose most at any other working size
+# (mAP 0.725 at 256, 0.62 at 384, 0.52 at 512: benchmarks/segment_photo.py, BENCHMARKS.md).
+MAX_WORK_SIDE = 256
 MIN_WORK_SIDE = 64  # px: the smallest --max-side; below it a facade's windows are a pixel or two
 MIN_SIDE = 32  # px: smaller than a window of the training crops
 # px: photos are decoded at most this large. Segmentation runs at `max_side` anyway; the outputs at full
