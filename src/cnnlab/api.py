@@ -129,8 +129,8 @@ def predict(
     "notes" (what was done to the image). Facades: also writes NAME_labels.png, NAME_overlay.jpg and
     NAME_areas.json into `out` (default: RUN/predictions, or ./predictions for a shipped model) and
     returns "area" (class: share of the photo) and the paths written. Segmentation works at `max_side` px
-    on the photo's longer side (default 256, the scale the facade nets learned), in overlapping tiles; `tta` averages the views the model's
-    recipe evaluates with (mirrored, rescaled: slower, usually a little better).
+    on the photo's longer side (default 256, the scale the facade nets learned), in overlapping tiles;
+    `tta` averages the views the model's recipe evaluates with (mirrored, rescaled: slower).
     """
     from .predictions import predict_files
     from .pretrained import resolve_any
