@@ -99,5 +99,5 @@ def test_max_side_out_of_range_is_one_line(tmp_path, monkeypatch, capsys):
         api.predict("facade", [tmp_path / "x.jpg"], max_side=20)
     code, _, err = run_cli(monkeypatch, capsys, "fashion", "predict", "--max-side", "300", tmp_path / "x.png")
     assert code == 2 and "--max-side" in err  # a classifier has no working size
-    with pytest.raises(ConfigError, match="take no tta"):
+    with pytest.raises(ConfigError, match="take no max_side or tta"):
         api.predict("fashion", [tmp_path / "x.png"], tta=True)

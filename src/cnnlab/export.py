@@ -19,13 +19,15 @@ import torch
 
 from . import __version__
 from .checkpoint import atomic_write
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
 from .runs import load_model
 from .tasks import Task, get_task
 
 # H and W the exported segmentation nets handle as PyTorch does. SeedA/SeedB resize their output back to
 # the input size only for other sizes, and that branch is fixed when the graph is traced (their docstrings).
-SIZE_MULTIPLE = {"seed-a": 4, "seed-b": 4, "unet": 1}
+SIZE_MULTIPLE = {"seed-a": 4, "seed-b": 4, "unet": 1, "lite0-unet": None}
+# lite0-unet: its TensorFlow-style padding depends on each layer's input size, and tracing it with dynamic
+# height and width did not finish in 10 minutes (torch 2.13); predict and serve run it.
 TOLERANCE = 1e-4
 SEGMENT_EXAMPLE = (64, 64)  # px: the traced example's size; H and W stay dynamic
 SEGMENT_CHECK = (96, 128)  # px: the check runs at another size than the traced one
@@ -69,6 +71,8 @@ def export_onnx(model_dir: Path, out: Path) -> dict[str, Any]:
         # A classifier's head is built for one square size: only the batch is dynamic.
         size, axes, multiple = (task.image_size, task.image_size), {0: batch}, None
         check = size
+    elif SIZE_MULTIPLE[cfg.model.name] is None:
+        raise ConfigError(f"{model_dir}: {cfg.model.name} models cannot be exported to ONNX; predict and serve run it")
     else:
         size, multiple, check = SEGMENT_EXAMPLE, SIZE_MULTIPLE[cfg.model.name], SEGMENT_CHECK
         axes = {0: batch, 2: torch.export.Dim("height"), 3: torch.export.Dim("width")}

@@ -34,9 +34,10 @@ def predict_files(
         folder = check_dir(out or default, "--out")
         side = max_side or MAX_WORK_SIDE
         return segment_files(model, task, paths, folder, side, recipe_views(cfg, tta))
-    for name, value in (("out", out), ("max_side", max_side), ("tta", tta)):
-        if value:
-            raise ConfigError(f"{name} {value}: {cfg.task} predictions take no {name}; drop it")
+    if out is not None:
+        raise ConfigError(f"out {out}: {cfg.task} predictions write no files; drop the out argument")
+    if max_side is not None or tta:
+        raise ConfigError(f"{cfg.task} predictions take no max_side or tta (segmentation only); drop them")
     results = []
     min_side, max_side = task.photo_sides
     for path in paths:
