@@ -41,8 +41,6 @@ def _status_mb(key: str) -> float:
 
 def child(model_ref: str, photo: str, side: int, tta: bool) -> None:
     """Runs inside the measured process (new or baseline code on sys.path): prints one JSON line."""
-    import torch
-
     from cnnlab import segment as seg
     from cnnlab.api import load_model
     from cnnlab.data.images import load_photo
@@ -71,7 +69,6 @@ def child(model_ref: str, photo: str, side: int, tta: bool) -> None:
     total_s = time.perf_counter() - t
     peak = _status_mb("VmHWM")
     print(json.dumps({"model_s": model_s, "to_labels_s": total_s, "peak_mb": peak - before, "decoded": img.shape[1:]}))
-    del torch
 
 
 def measure(src: Path, model_ref: str, photo: Path, side: int, tta: bool, repeats: int = 3) -> dict:

@@ -50,7 +50,7 @@ def _whole(model, photo):
     return model(x).softmax(1)[0]
 
 
-def test_tiles_blend_to_the_whole_image_result(photo):
+def test_tiles_blend_to_the_whole_image_result(photo, monkeypatch):
     task = get_task("facade")
     model = PixelNet()
     probs = seg.segment(model, task, photo, max_side=700, rt=FP32)  # 700x500: 3x2 tiles of 384
@@ -58,11 +58,16 @@ def test_tiles_blend_to_the_whole_image_result(photo):
     torch.testing.assert_close(probs, _whole(model, photo), atol=1e-5, rtol=0)
     # where tiles overlap, their border effects are faded out: closer to the whole image than plain averaging
     edge = EdgeNet()
-    tiled = seg.segment(edge, task, photo, max_side=700, rt=FP32)
-    whole = _whole(edge, photo)
+    whole = _whole(edge, photo).detach()
     seam = slice(seg.TILE - seg.OVERLAP, seg.TILE)  # the overlap of the first two tile rows
-    blended = (tiled[:, seam] - whole[:, seam]).abs().mean()
-    assert blended < 0.01
+
+    def seam_error() -> float:
+        tiled = seg.segment(edge, task, photo, max_side=700, rt=FP32)
+        return float((tiled[:, seam] - whole[:, seam]).abs().mean())
+
+    blended = seam_error()
+    monkeypatch.setattr(seg, "_ramp", torch.ones)  # plain averaging of the overlapping tiles
+    assert blended < seam_error() / 5
 
 
 def test_working_size_and_views(photo):

@@ -13,9 +13,12 @@ def model_table(kind: str) -> dict[str, type[nn.Module]]:
     """The model classes of a task kind ("classify" or "segment") by name."""
     if kind == "classify":
         from .fashion import MODELS
-    else:
-        from .facade import MODELS
-    return MODELS
+
+        return MODELS
+    from .efficientnet import LiteUNet
+    from .facade import MODELS
+
+    return {**MODELS, "lite0-unet": LiteUNet}
 
 
 def build_model(

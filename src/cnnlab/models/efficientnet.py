@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from .facade import double_conv
 from .imagenet import load_lite0
 
 # (repeats, kernel, stride, expand ratio, out channels) per stage, from the reference builder's
@@ -89,13 +90,6 @@ class Lite0Encoder(nn.Module):
         return features
 
 
-def _decoder_block(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-        nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-    )  # fmt: skip
-
-
 class LiteUNet(nn.Module):
     """U-Net on an EfficientNet-Lite0 encoder: each decoder level upsamples 2x (bilinear), concatenates
     the encoder features of that resolution and applies two conv3x3-BN-ReLU; the last level reaches the
@@ -134,7 +128,7 @@ class LiteUNet(nn.Module):
         skips = (*reversed(Lite0Encoder.channels[:-1]), 0)
         cin, blocks = Lite0Encoder.channels[-1], []
         for skip, cout in zip(skips, self.decoder_channels, strict=True):
-            blocks.append(_decoder_block(cin + skip, cout))
+            blocks.append(double_conv(cin + skip, cout))
             cin = cout
         self.decoder = nn.ModuleList(blocks)
         self.head = nn.Conv2d(cin, num_classes, 1)

@@ -1,7 +1,7 @@
 """Segmentation nets: float (B, in_channels, H, W) in, class logits (B, C, H, W) out, for any H, W.
 
 SeedA and SeedB rebuild the two reference reports' nets; UNet is the stronger, CPU-sized baseline trained
-from scratch; LiteUNet (efficientnet.py) puts a U-Net decoder on an ImageNet-pretrained encoder.
+from scratch. LiteUNet (efficientnet.py) puts a U-Net decoder on an ImageNet-pretrained encoder.
 """
 
 import torch
@@ -9,7 +9,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from .efficientnet import LiteUNet
 
 
 def _match_size(logits: Tensor, height: int, width: int) -> Tensor:
@@ -87,7 +86,7 @@ class SeedB(nn.Module):
         return _match_size(self.body(x), *x.shape[-2:])
 
 
-def _double_conv(cin: int, cout: int) -> nn.Sequential:
+def double_conv(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
         nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
@@ -110,10 +109,10 @@ class UNet(nn.Module):
             raise ConfigError(f"unet depth {depth}: must be at least 1; raise it")
         widths = [base * 2**level for level in range(depth)]
         self.down = nn.ModuleList(
-            _double_conv(cin, cout) for cin, cout in zip([in_channels, *widths[:-1]], widths, strict=True)
+            double_conv(cin, cout) for cin, cout in zip([in_channels, *widths[:-1]], widths, strict=True)
         )
         self.up = nn.ModuleList(nn.ConvTranspose2d(w * 2, w, 2, stride=2) for w in widths[:-1])
-        self.merge = nn.ModuleList(_double_conv(w * 2, w) for w in widths[:-1])
+        self.merge = nn.ModuleList(double_conv(w * 2, w) for w in widths[:-1])
         self.head = nn.Conv2d(base, num_classes, 1)
         self.multiple = 2 ** (depth - 1)
 
@@ -130,7 +129,7 @@ class UNet(nn.Module):
         return self.head(x)[..., :height, :width]
 
 
-MODELS = {"seed-a": SeedA, "seed-b": SeedB, "unet": UNet, "lite0-unet": LiteUNet}
+MODELS = {"seed-a": SeedA, "seed-b": SeedB, "unet": UNet}
 
 
 def build_facade_model(name: str, width: float | None = None) -> nn.Module:
