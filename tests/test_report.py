@@ -140,6 +140,21 @@ def test_fashion_report_holds_the_test_numbers_and_every_figure(fashion_run):
     assert _column(rows, "validation accuracy") == [f"{v:.2%}" for v in val["per_class_acc"]] + [f"{val['acc']:.2%}"]
     pngs = sorted((fashion_run / "figures").glob("*.png"))
     assert {p.stem for p in pngs} >= {"curves", "confusion_test", "examples_test", "filters_conv1"}
+    # Explanations, once per run (on the test split): seed-a has two convolutions.
+    explained = {
+        "cams_test",
+        "embedding_test",
+        "calibration_test",
+        "feature_maps_conv1_test",
+        "feature_maps_conv2_test",
+    }
+    assert {p.stem for p in pngs} >= {*explained, "filters_conv2"}
+    assert not {p.stem for p in pngs} & {"cams_val", "embedding_val", "calibration_val"}
+    assert 'id="explain"' in page_text and 'id="confidence"' in page_text
+    cal = json.loads((fashion_run / "figures" / "calibration_test.json").read_text())
+    assert sum(cal["count"]) == test["n"]  # every test image in one bin
+    picks = json.loads((fashion_run / "figures" / "cams_test.json").read_text())["picks"]
+    assert picks == json.loads((fashion_run / "figures" / "examples_test.json").read_text())["indices"]
     for png in pngs:
         assert f'id="fig-{png.stem}"' in page_text, png.name
         assert base64.b64encode(png.read_bytes()).decode() in page_text, f"{png.name} not embedded as is"
@@ -161,6 +176,12 @@ def test_facade_report_tables_colours_and_predictions(facade_run):
     assert swatches[:5] == [f"background:{c}" for c in FACADE_HEX]  # table rows in class order and colours
     for png in (facade_run / "figures").glob("*.png"):
         assert f'id="fig-{png.stem}"' in page_text, png.name
+    stems = {p.stem for p in (facade_run / "figures").glob("*.png")}
+    assert stems >= {"calibration_test", "confidence_best_test", "confidence_worst_test", "class_cams_test"}
+    best = json.loads((facade_run / "figures" / "best_test.json").read_text())["names"]
+    assert json.loads((facade_run / "figures" / "confidence_best_test.json").read_text())["names"] == best
+    cams = json.loads((facade_run / "figures" / "class_cams_test.json").read_text())
+    assert cams["classes"] == list(get_task("facade").classes)
     areas = json.loads((facade_run / "predictions" / "street_areas.json").read_text())["area"]
     assert 'id="predictions"' in page_text and "data:image/jpeg;base64," in page_text
     for share in areas.values():
@@ -244,7 +265,7 @@ def test_folder_classify_report_names_the_folders_classes(classify_run):
     examples = json.loads((classify_run / "figures" / "examples_val.json").read_text())["indices"]
     assert list(examples) == ["cat", "dog", "owl"]  # a row of example images per class
     # RGB inputs: the first layer's kernels are drawn like the deeper ones, and captioned so.
-    assert "<b>filters_conv1</b>: The learned kernels of a convolution layer on one shared scale" in page_text
+    assert "<b>filters_conv1</b>: The learned kernels of the first convolution layer on one shared scale" in page_text
     assert "Fashion" not in page_text and "facade" not in page_text
 
 

@@ -130,6 +130,14 @@ class TrainConfig(_Strict):
     tensorboard: bool = False
 
 
+class ExplainConfig(_Strict):
+    figures: bool = Field(True, description="the report explains the model: class maps, feature maps, calibration")
+    embedding: Literal["pca", "tsne", "none"] = Field(
+        "pca", description="classification: 2-D map of the penultimate features (tsne: clearer, ~20 s more)"
+    )
+    embedding_points: int = Field(2000, ge=10, le=20000, description="images in the embedding plot")
+
+
 class RunConfig(_Strict):
     task: TaskName
     recipe: str = "custom"
@@ -139,10 +147,11 @@ class RunConfig(_Strict):
     loss: LossConfig = LossConfig()
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
+    explain: ExplainConfig = ExplainConfig()
 
     @property
     def kind(self) -> str:
-        """"classify" or "segment"."""
+        """ "classify" or "segment"."""
         return KINDS[self.task]
 
     @model_validator(mode="after")

@@ -139,4 +139,8 @@ def evaluate(
     out = {"split": split, "checkpoint": which, "n": len(data[split]), **metrics}
     write_json(run_dir / f"eval_{split}.json", out)
     task.report_split(run_dir, split, data[split], probs, metrics, model)
+    # Explanations once per evaluation of a model: on the test (or an external) split, on validation only
+    # where there is no test split, so a finished run is explained once.
+    if cfg.explain.figures and (split != "val" or not len(data.get("test", []))):
+        task.report_explanations(run_dir, split, data[split], probs, model, cfg)
     return out

@@ -22,13 +22,15 @@ DPI = 110
 
 
 def _save(fig: plt.Figure, path: Path, data: Any, layout: bool = True) -> Path:
+    # Suffixes appended, not swapped: a photo named `my.street` keeps its whole name.
+    png, numbers = path.with_name(path.name + ".png"), path.with_name(path.name + ".json")
     path.parent.mkdir(parents=True, exist_ok=True)
     if layout:
         fig.tight_layout()
-    atomic_write(path.with_suffix(".png"), lambda tmp: fig.savefig(tmp, dpi=DPI, format="png"))
+    atomic_write(png, lambda tmp: fig.savefig(tmp, dpi=DPI, format="png"))
     plt.close(fig)
-    write_json(path.with_suffix(".json"), data)
-    return path.with_suffix(".png")
+    write_json(numbers, data)
+    return png
 
 
 def smooth(values: Sequence[float], window: int) -> np.ndarray:

@@ -63,19 +63,42 @@ FIGURES = [
     ("examples_*", None, "examples", "Images of the {split} set, one row per true class: two classified correctly "
      "(green) and two wrongly (red, with the class predicted instead), each with the predicted class's "
      "probability."),
-    # A first layer on grey inputs is drawn one tile per filter; on RGB inputs like the deeper layers.
+    # A first layer on grey inputs is drawn one tile per filter; on RGB inputs as a grid of its kernels.
     ("filters_conv1", "grey", "filters", "The learned kernels of the first convolution layer, one tile per filter, "
      "each scaled to its own range (black low, white high)."),
-    ("filters_*", None, "filters", "The learned kernels of a convolution layer on one shared scale (red positive, "
-     "blue negative); the axis labels give the layout."),
+    ("filters_conv1", None, "filters", "The learned kernels of the first convolution layer on one shared scale (red "
+     "positive, blue negative); the axis labels give the layout."),
+    ("filters_*", None, "filters", "A deeper convolution's filters of largest weight (L2 norm), one per row, each "
+     "shown by its input-channel slices of largest norm, all on one shared scale (colour bar): the patterns the "
+     "layer combines its inputs with."),
     ("best_*", None, "cases", "Success cases: the {split} images with the highest mean IoU: image, ground truth "
      "and prediction in the class colours."),
     ("worst_*", None, "cases", "Failure cases: the {split} images with the lowest mean IoU: image, ground truth "
      "and prediction in the class colours."),
+    ("cams_*", None, "explain", "Grad-CAM of the examples above ({split} set): where the last convolution block "
+     "found the evidence for the class it predicted (red strongest). Evidence on the background or on a detail "
+     "shared with another class shows why an image was confused."),
+    ("class_cams_*", None, "explain", "Grad-CAM of each class on one {split} image (the best case): what in the "
+     "photo the network's deepest layer takes as evidence for each class, over the pixels it predicted as that "
+     "class."),
+    ("feature_maps_*", None, "explain", "Feature maps of one convolution for the most confidently right {split} "
+     "image of each class: its channels most active on these images, on one colour scale. Channels that "
+     "respond alike to two classes are what keeps them apart or not."),
+    ("embedding_*", None, "explain", "The penultimate layer's features of {split} images in two dimensions, one "
+     "colour per class, with thumbnails; the legend gives each class's share of neighbours from other classes: "
+     "classes whose clouds overlap are the ones the network mixes up."),
+    ("calibration_*", "classify", "confidence", "Reliability of the {split} predictions: their accuracy per bin "
+     "of confidence against the diagonal of perfect calibration, the gap hatched in red, and how many fall in "
+     "each bin (below). ECE: the expected calibration error, the count-weighted mean gap."),
+    ("calibration_*", "segment", "confidence", "Reliability of the {split} pixels' predictions: accuracy per bin "
+     "of confidence against the diagonal, the gap hatched in red, the pixels per bin below; ECE in the title."),
+    ("confidence_*", None, "confidence", "Where the network is unsure, on the {split} images of the success and "
+     "failure cases: its confidence (the top class's probability) and the entropy of its class probabilities per "
+     "pixel, beside image, truth and prediction."),
 ]  # fmt: skip
 
 # Figures still legible at half the page width: validation and test versions of these sit side by side.
-HALF_WIDTH = ("examples_*", "ap_iou_*", "filters_conv1")
+HALF_WIDTH = ("examples_*", "ap_iou_*", "filters_conv1", "calibration_*")
 
 
 SECTIONS = {
@@ -85,6 +108,8 @@ SECTIONS = {
     "examples": "Examples",
     "cases": "Success and failure cases",
     "filters": "Learned filters",
+    "explain": "What the network looks at",
+    "confidence": "How sure it is",
     "predictions": "Predictions on photos",
     "other": "Other figures",
     "config": "Configuration",
@@ -273,7 +298,11 @@ def write_report(run_dir: Path, *, partial: bool = False) -> Path:
     sections.append(("per-class", SECTIONS["per-class"], tables + figures.pop("per-class", "")))
     if training:
         sections.append(("training", SECTIONS["training"], training))
-    sections += [(s, SECTIONS[s], figures[s]) for s in ("confusion", "examples", "cases", "filters") if s in figures]
+    sections += [
+        (s, SECTIONS[s], figures[s])
+        for s in ("confusion", "examples", "cases", "filters", "explain", "confidence")
+        if s in figures
+    ]
     if predictions:
         sections.append(("predictions", SECTIONS["predictions"], predictions))
     if "other" in figures:

@@ -137,6 +137,12 @@ class Task:
     ) -> None:
         raise NotImplementedError
 
+    def report_explanations(
+        self, run_dir: Path, split: str, data: Split, probs: torch.Tensor, model: torch.nn.Module, cfg: RunConfig
+    ) -> None:
+        """The explanation figures of one split (report/explanations.py): after `report_split`."""
+        raise NotImplementedError
+
 
 def nll(probs: torch.Tensor, y: torch.Tensor) -> float:
     """Mean cross-entropy from probabilities (validation loss, comparable across recipes)."""

@@ -69,10 +69,12 @@ class ClassifyTask(Task):
             out / "per_class_val_acc_over_epochs",
             "accuracy",
         )
-        convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
-        for i, conv in enumerate(convs[:2], 1):
-            o, c, k, _ = conv.weight.shape
-            figures.plot_filters(conv.weight, out / f"filters_conv{i}", f"conv{i}: {o} filters of {c}x{k}x{k}")
+        from ..report.explanations import deep_filters
+
+        conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+        o, c, k, _ = conv.weight.shape
+        figures.plot_filters(conv.weight, out / "filters_conv1", f"conv1: {o} filters of {c}x{k}x{k}")
+        deep_filters(model, out)
 
     def report_split(
         self, run_dir: Path, split: str, data: Split, probs: torch.Tensor, metrics: dict, model: torch.nn.Module
@@ -91,3 +93,8 @@ class ClassifyTask(Task):
 
                 columns[s] = json.loads(path.read_text())["per_class_acc"]
         figures.plot_per_class_table(columns, self.classes, out / "per_class_accuracy", "Per-class accuracy")
+
+    def report_explanations(self, run_dir, split, data, probs, model, cfg) -> None:
+        from ..report.explanations import classify_explanations
+
+        classify_explanations(self, run_dir, split, data, probs, model, cfg)

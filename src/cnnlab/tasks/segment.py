@@ -178,9 +178,7 @@ class SegmentTask(Task):
             f"{split}: mean AP {metrics['map']:.3f}, mean IoU {metrics['miou']:.3f}",
         )
         scores = per_image_iou(pred, y, len(self.classes), self.ignore_index)
-        order = scores.argsort(descending=True).tolist()
-        k = min(3, len(order) // 2) or 1
-        for name, pick in (("best", order[:k]), ("worst", order[::-1][:k])):
+        for name, pick in self.cases(scores).items():
             figures.plot_segmentation_cases(
                 data.x[pick],
                 y[pick],
@@ -193,3 +191,16 @@ class SegmentTask(Task):
                 f"{'Success' if name == 'best' else 'Failure'} cases ({split}, by per-image mean IoU)",
             )
         figures.write_json(out / f"per_image_iou_{split}.json", dict(zip(data.names, scores.tolist(), strict=True)))
+
+    @staticmethod
+    def cases(scores: torch.Tensor) -> dict[str, list[int]]:
+        """The success and failure cases: the (up to 3) images of highest and of lowest mean IoU."""
+        order = scores.argsort(descending=True).tolist()
+        k = min(3, len(order) // 2) or 1
+        return {"best": order[:k], "worst": order[::-1][:k]}
+
+    def report_explanations(self, run_dir, split, data, probs, model, cfg) -> None:
+        from ..report.explanations import segment_explanations
+
+        scores = per_image_iou(probs.argmax(1), data.targets, len(self.classes), self.ignore_index)
+        segment_explanations(self, run_dir, split, data, probs, model, self.cases(scores), scores.tolist())
