@@ -2,6 +2,6 @@
 
 __version__ = "0.1.0"
 
-from .api import evaluate, load_model, predict, sweep_activations, train
+from .api import evaluate, explain, load_model, predict, sweep_activations, train
 
-__all__ = ["__version__", "evaluate", "load_model", "predict", "sweep_activations", "train"]
+__all__ = ["__version__", "evaluate", "explain", "load_model", "predict", "sweep_activations", "train"]

@@ -144,6 +144,34 @@ def predict(
     return predict_files(resolve_any(model), paths, top=top, out=Path(out) if out else None, max_side=max_side, tta=tta)
 
 
+def explain(
+    model: str | Path,
+    images: Sequence[str | Path],
+    *,
+    out: str | Path = "explanations",
+    class_name: str | None = None,
+    max_side: int | None = None,
+) -> list[dict]:
+    """Explain a run's or shipped model's decisions on your image files; writes figures into `out`.
+
+    Classifiers: NAME_explain.png shows the image, Grad-CAM maps of the predicted class and of a second
+    one (`class_name`, default the runner-up), integrated gradients of the predicted class and the top
+    probabilities; the dict (also NAME_explain.json) has "predicted", "top", "explained" and the
+    attributions' numbers. Segmenters, at `max_side` px: NAME_explain.png (prediction, confidence,
+    entropy) and NAME_cams.png (Grad-CAM of `class_name`, default every class); the dict has
+    "mean_confidence", "unsure_share" (pixels under 50%), "mean_entropy" (nats) and "area".
+    """
+    from .explain_photos import explain_files
+    from .pretrained import resolve_any
+
+    paths = [Path(p) for p in images]
+    if not paths:
+        raise ConfigError("no image files given; e.g. `cnnlab explain fashion shoe.png`")
+    from .segment import MAX_WORK_SIDE
+
+    return explain_files(resolve_any(model), paths, Path(out), class_name, max_side or MAX_WORK_SIDE)
+
+
 def load_model(model: str | Path, which: str = "best", device: str = "cpu") -> tuple[torch.nn.Module, RunConfig]:
     """The network of a run folder or shipped model as a plain `torch.nn.Module` in eval mode, and its
     configuration. It takes normalised float NCHW input (see `cnnlab export`) and returns logits."""

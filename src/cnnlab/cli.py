@@ -13,6 +13,7 @@ import typer
 from . import api, runs
 from .config import DEFAULT_RECIPES, KINDS, recipe_names
 from .errors import CnnlabError
+from .explain_photos import MAX_EXPLAIN_SIDE
 from .outputs import check_file
 from .segment import MAX_SIDE, MAX_WORK_SIDE, MIN_WORK_SIDE
 from .tasks import get_task
@@ -254,6 +255,40 @@ def models() -> None:
             imagenet = "yes" if c.get("imagenet_encoder") else "no"  # cards shipped before the field: from scratch
             table.add_row(c["name"], c["recipe"], c["model"], imagenet, *scores, c["trained"])
         console.print(table)
+
+
+@app.command()
+def explain(
+    model: str = typer.Argument(..., help="A run folder or a shipped model's name (see `cnnlab models`)."),
+    images: list[Path] = typer.Argument(..., metavar="IMAGE...", help="Your images or photos (any size)."),
+    out: Path = typer.Option(Path("explanations"), "-o", "--out", help="Output folder (created if missing)."),
+    class_name: str | None = typer.Option(
+        None,
+        "--class",
+        help="Classifiers: the class to explain beside the prediction (default: the runner-up). "
+        "Segmenters: the only class whose activation map is drawn (default: every class).",
+    ),
+    max_side: int = typer.Option(
+        MAX_WORK_SIDE,
+        min=MIN_WORK_SIDE,
+        max=MAX_EXPLAIN_SIDE,
+        help="Segmenters: explain at this many px on the photo's longer side.",
+    ),
+) -> None:
+    """Why the model decided: class activation maps (Grad-CAM), integrated gradients and probabilities for a
+    classifier; confidence, entropy and per-class activation maps for a segmenter. Writes NAME_explain.png
+    and NAME_explain.json per image (segmenters also NAME_cams.png)."""
+    for r in api.explain(model, images, out=out, class_name=class_name, max_side=max_side):
+        if "predicted" in r:
+            top = ", ".join(f"{c} {p:.1%}" for c, p in r["top"][:3])
+            typer.echo(f"{r['file']}: {top} -> {r['figure']}")
+        else:
+            typer.echo(
+                f"{r['file']}: mean confidence {r['mean_confidence']:.1%}, {r['unsure_share']:.1%} of pixels under 50% "
+                f"-> {r['figure']}, {r['cams']}"
+            )
+        for note in r["notes"]:
+            typer.echo(f"  note: {note}")
 
 
 @app.command()
