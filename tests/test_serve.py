@@ -29,7 +29,9 @@ from cnnlab import api, pretrained
 from cnnlab.config import load_config
 from cnnlab.data import fashion
 from cnnlab.data.images import load_photo
+from cnnlab.interpret import grad_cam
 from cnnlab.predictions import classify
+from cnnlab.report.overlays import heat_overlay
 from cnnlab.runs import load_model
 from cnnlab.segment import segment_photo
 from cnnlab.serve import Limits, create_app
@@ -152,6 +154,10 @@ def test_facade_segments_a_real_photo_as_the_cli_does(client, runs, facade_photo
     with torch.inference_mode():
         expected = segment_photo(model, get_task("facade"), img, [])
     assert (np.asarray(labels) == expected.labels.numpy()).mean() > 0.999
+    # The page's toggle: the photo under its confidence map, the same size as the overlay.
+    confidence = _from_data_uri(d["confidence_png"])
+    assert confidence.mode == "RGB" and confidence.size == overlay.size
+    assert np.abs(np.asarray(confidence, float) - np.asarray(overlay, float)).mean() > 5  # another picture
 
 
 def test_fashion_classifies_a_real_test_image_as_the_cli_does(client, runs, garment):
@@ -166,6 +172,13 @@ def test_fashion_classifies_a_real_test_image_as_the_cli_does(client, runs, garm
     expected = classify(model, get_task("fashion"), x)
     assert [g["class"] for g in d["top"]] == [c for c, _ in expected]
     assert probabilities == pytest.approx([p for _, p in expected], abs=1e-5)
+    # The page's toggle: the 28 px input under the Grad-CAM of the top class, shown 8x (224 px), the CAM
+    # being the one `cnnlab explain` computes for that class.
+    cam_png = np.asarray(_from_data_uri(d["cam_png"]))
+    assert cam_png.shape == (224, 224, 3)
+    task = get_task("fashion")
+    cam = grad_cam(model, task.eval_inputs(x[None]), task.classes.index(expected[0][0]))[0]
+    assert np.array_equal(cam_png[::8, ::8], heat_overlay(x, cam))
 
 
 REFUSED = {
@@ -441,6 +454,15 @@ def test_page_in_headless_chromium(browser, server, facade_photo, garment, tmp_p
     (tmp_path / "garment.png").write_bytes(garment[0])
     browser.find_element(By.ID, "classify-file").send_keys(str(tmp_path / "garment.png"))
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#top tbody tr")) == 3)
+
+    # The explanation toggles swap each shown image for the model's view of it, and back.
+    for kind, img in (("classify", "classify-preview"), ("segment", "overlay")):
+        before = browser.execute_script(f"return document.getElementById('{img}').src")
+        browser.find_element(By.ID, f"{kind}-explain").click()
+        after = browser.execute_script(f"return document.getElementById('{img}').src")
+        assert after.startswith("data:image/png;base64,") and after != before
+        browser.find_element(By.ID, f"{kind}-explain").click()
+        assert browser.execute_script(f"return document.getElementById('{img}').src") == before
 
     errors = [e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert not errors, f"console errors: {errors}"

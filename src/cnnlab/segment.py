@@ -149,6 +149,7 @@ class Segmentation:
     labels: torch.Tensor  # (H,W) class indices
     overlay: np.ndarray  # (H,W,3) uint8: the photo and the class colours, half and half
     area: dict[str, float]  # class -> share of the photo's pixels
+    confidence: torch.Tensor  # (h,w) the top class's probability, at the working size
 
 
 def segment_photo(
@@ -168,12 +169,14 @@ def segment_photo(
     _, h, w = img.shape
     if max(h, w) > max_side:
         notes.append(f"segmented at {max_side} px on the longer side, then resized back to {w}x{h}")
-    labels = full_size_labels(segment(model, task, img, max_side, views, rt), h, w)
+    probs = segment(model, task, img, max_side, views, rt)
+    labels = full_size_labels(probs, h, w)
     colour = colorize(labels, [hex_to_rgb(c) for c in task.colors])
     photo = img.permute(1, 2, 0).numpy()
     overlay = (0.5 * photo + 0.5 * colour).astype(np.uint8)
     area = torch.bincount(labels.flatten(), minlength=len(task.classes)).double() / labels.numel()
-    return Segmentation(labels, overlay, {c: float(a) for c, a in zip(task.classes, area, strict=True)})
+    areas = {c: float(a) for c, a in zip(task.classes, area, strict=True)}
+    return Segmentation(labels, overlay, areas, probs.amax(0))
 
 
 def _encoded(image: Image.Image, **options: Any) -> bytes:

@@ -32,26 +32,37 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import __version__, runs
 from .config import KINDS
-from .data.images import MAX_PIXELS, read_photo
+from .data.images import MAX_PIXELS, read_photo, shrink
 from .errors import CheckpointError, CnnlabError, DataError, NotAnImageError
+from .interpret import grad_cam
 from .predictions import classify
 from .pretrained import resolve_any, resolve_model
+from .report.overlays import heat_overlay
 from .runtime import Runtime, inference_runtime
 from .segment import MAX_SIDE as SEGMENT_MAX_SIDE
 from .segment import MAX_WORK_SIDE, label_png, segment_photo
 from .segment import MIN_SIDE as SEGMENT_MIN_SIDE
+from .serve_schema import (
+    BUG,
+    ERRORS,
+    OVERLAY_MAX_PX,
+    TOP,
+    ClassifyResult,
+    Guess,
+    Health,
+    ModelStatus,
+    SegmentResult,
+)
 from .tasks import Task, get_task
 
-OVERLAY_MAX_PX = 1024  # the page shows no more; the label map keeps the decoded photo's size
+CAM_MIN_PX = 224  # px: the class activation map sent back is at least this large
 MULTIPART_SLACK = 64 * 1024  # boundaries and part headers around the file in a multipart body
 RETRY_AFTER_S = 2  # a facade photo takes ~0.1 s of CPU: a full queue has moved on by then
-TOP = 3  # classes a classification answers with (fewer if the model has fewer)
 DEFAULT_MODELS = {"classify": "fashion", "segment": "facade"}  # each slot's shipped model when none is given
 ALIASES = {"fashion": "classify", "facade": "segment"}  # the endpoints' names from before folder tasks, kept
 CLASSIFY_DOC = f"The {TOP} most likely classes of an image, made like the model's training images first (size, colour)."
@@ -78,6 +89,8 @@ class Served:
     name: str | None = None
     error: str | None = None
     runtime: Runtime = field(default_factory=inference_runtime)
+    # Grad-CAM hooks a layer of the shared model while it runs: no other request may use that model then.
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 def resolve_slot(ref: str | Path | None, kind: str) -> Path:
@@ -155,46 +168,6 @@ class BodyLimit:
         await self.app(scope, counted, send)
 
 
-class Guess(BaseModel):
-    model_config = ConfigDict(populate_by_name=True)
-    class_: str = Field(alias="class")
-    probability: float
-
-
-class ClassifyResult(BaseModel):
-    top: list[Guess] = Field(description=f"The {TOP} most likely classes (all, if fewer), most likely first.")
-    notes: list[str] = Field(description="What was done to the image to make it like the model's training images.")
-
-
-class SegmentResult(BaseModel):
-    width: int = Field(description=f"Of the photo as segmented: its own size, or at most {SEGMENT_MAX_SIDE} px.")
-    height: int
-    areas: dict[str, float] = Field(description="Share of the photo's pixels per class, in class order.")
-    colors: dict[str, str] = Field(description="The colour of each class in the overlay and label map.")
-    overlay_png: str = Field(description=f"data: URI, the photo half covered by class colours, <= {OVERLAY_MAX_PX} px")
-    labels_png: str = Field(
-        description=f"data: URI, palette PNG at the photo's size (<= {SEGMENT_MAX_SIDE} px); pixel value = class index"
-    )
-    notes: list[str]
-
-
-class ModelStatus(BaseModel):
-    ready: bool
-    name: str | None = Field(description="The model's folder name when ready.")
-    error: str | None = Field(description="Why there is no model.")
-    task: str | None = Field(description="What it was trained for: fashion, facade, or classify/segment (a folder).")
-    description: str | None = Field(description="Its training data, in one line.")
-    classes: list[str] = Field(description="Its classes, in the order of its outputs; empty without a model.")
-    colors: list[str] = Field(description="The #RRGGBB colour of each class, in the same order.")
-
-
-class Health(BaseModel):
-    status: str = Field(description="ok when both slots have a model, else degraded")
-    models: dict[str, ModelStatus] = Field(description="The classify and the segment slot.")
-    limits: dict[str, int]
-    busy: int = Field(description="Requests running or waiting for a worker now.")
-
-
 def model_status(held: Served) -> ModelStatus:
     """A slot as /api/health shows it: the page takes its headings, legend and upload labels from this."""
     t = held.task
@@ -207,31 +180,6 @@ def model_status(held: Served) -> ModelStatus:
         classes=list(t.classes) if t else [],
         colors=list(t.colors) if t else [],
     )
-
-
-class ErrorDetail(BaseModel):
-    """The body of every error answer."""
-
-    detail: str = Field(description="What went wrong and what to do about it, in one line.")
-
-
-def _error(description: str, **more: Any) -> dict[str, Any]:
-    return {"model": ErrorDetail, "description": description, **more}
-
-
-ERRORS: dict[int | str, dict[str, Any]] = {
-    400: _error("Not a usable image (truncated, too small, over the pixel limit), or a malformed multipart body."),
-    413: _error("Upload over the size limit."),
-    415: _error("Not an image, or not a format the server reads."),
-    422: _error("Not a multipart/form-data body with a file in the field 'file'."),
-    503: _error(
-        "No model for this task, or the queue is full (then with Retry-After).",
-        headers={
-            "Retry-After": {"description": "Seconds to wait, when the queue is full.", "schema": {"type": "integer"}}
-        },
-    ),
-}
-BUG = {500: _error("A bug in the server; its log has the traceback.")}
 
 
 def _shown(filename: str | None) -> str:
@@ -287,13 +235,31 @@ def _shrunk(overlay: np.ndarray, notes: list[str]) -> Image.Image:
 Decode = Callable[[str, int, int], tuple[torch.Tensor, list[str]]]  # (mode, min side, max side) -> image, notes
 
 
+def _confidence_overlay(img: torch.Tensor, confidence: torch.Tensor) -> np.ndarray:
+    """The photo, at most OVERLAY_MAX_PX (the page shows no more), half under its confidence map."""
+    small = shrink(img, OVERLAY_MAX_PX)
+    conf = torch.nn.functional.interpolate(confidence[None, None], size=small.shape[-2:], mode="bilinear")[0, 0]
+    return heat_overlay(small, conf, alpha=0.5, cmap="viridis", weighted=False)
+
+
 def classified(held: Served, decode: Decode) -> ClassifyResult:
     """The top classes of an upload, decoded and prepared as the slot's task prepares any user's photo."""
     task = held.task
     img, notes = decode(task.photo_mode, *task.photo_sides)
     x, more = task.photo_input(img)
-    top = classify(held.model, task, x, top=TOP)
-    return ClassifyResult(top=[Guess(class_=c, probability=p) for c, p in top], notes=notes + more)
+    with held.lock:
+        top = classify(held.model, task, x, top=TOP)
+        # Gradients need a tensor made outside inference mode (the gate runs requests inside it).
+        with torch.inference_mode(False):
+            inputs = task.eval_inputs(x[None].clone())
+            cam = grad_cam(held.model, inputs, task.classes.index(top[0][0]))[0]
+    seen = Image.fromarray(heat_overlay(x, cam))
+    if max(seen.size) < CAM_MIN_PX:  # a 28 px input shown with its pixels as squares, not a blur
+        factor = -(-CAM_MIN_PX // max(seen.size))
+        seen = seen.resize((seen.width * factor, seen.height * factor), Image.Resampling.NEAREST)
+    return ClassifyResult(
+        top=[Guess(class_=c, probability=p) for c, p in top], notes=notes + more, cam_png=_data_uri(seen)
+    )
 
 
 def segmented(held: Served, decode: Decode) -> SegmentResult:
@@ -308,6 +274,7 @@ def segmented(held: Served, decode: Decode) -> SegmentResult:
         areas=seg.area,
         colors=dict(zip(task.classes, task.colors, strict=True)),
         overlay_png=_data_uri(_shrunk(seg.overlay, notes)),
+        confidence_png=_data_uri(Image.fromarray(_confidence_overlay(img, seg.confidence))),
         labels_png=_data_uri(label_png(seg.labels, task)),
         notes=notes,
     )
