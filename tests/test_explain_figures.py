@@ -12,6 +12,7 @@ from matplotlib import colormaps
 from PIL import Image
 
 from cnnlab.report import explain_figures as ef
+from cnnlab.report.embedding import plot_embedding
 
 CLASSES = ["shirt", "T-shirt", "coat"]
 HEX = ["#1f77b4", "#ff7f0e", "#2ca02c"]
@@ -153,7 +154,7 @@ def test_embedding_overlap_separated_and_interleaved(tmp_path):
     blobs = np.concatenate([g.normal(0, 1, (40, 2)), g.normal(50, 1, (40, 2))])
     labels = torch.tensor([0] * 40 + [1] * 40)
     images = _images(80, 1)
-    data = _read(ef.plot_embedding(blobs, labels, CLASSES, HEX, images, "t-SNE", tmp_path / "emb"))
+    data = _read(plot_embedding(blobs, labels, CLASSES, HEX, images, "t-SNE", tmp_path / "emb"))
     assert data["overlap"]["shirt"] == {"mixed": 0.0, "with": None}
     assert data["overlap"]["T-shirt"] == {"mixed": 0.0, "with": None}
     assert data["overlap"]["coat"] == {"mixed": None, "with": None}  # no points of this class
@@ -162,7 +163,7 @@ def test_embedding_overlap_separated_and_interleaved(tmp_path):
 
     mixed = g.normal(0, 1, (80, 2))
     labels = torch.tensor([0, 1] * 40)
-    data = _read(ef.plot_embedding(mixed, labels, CLASSES, HEX, _images(80, 3), "PCA", tmp_path / "emb2", 3))
+    data = _read(plot_embedding(mixed, labels, CLASSES, HEX, _images(80, 3), "PCA", tmp_path / "emb2", 3))
     assert data["overlap"]["shirt"]["mixed"] > 0.3 and data["overlap"]["shirt"]["with"] == "T-shirt"
     assert data["overlap"]["T-shirt"]["mixed"] > 0.3 and data["overlap"]["T-shirt"]["with"] == "shirt"
 

@@ -1,11 +1,11 @@
 """Figures that explain what a network learned: class activation maps, attributions, feature maps, the
-filters of deeper layers, an embedding of the penultimate features, calibration and, for segmentation,
-where the model is unsure. Each `plot_*` writes NAME.png and the numbers behind it as NAME.json."""
+filters of deeper layers, calibration and, for segmentation, where the model is unsure (the embedding of
+the penultimate features has report/embedding.py). Each `plot_*` writes NAME.png and the numbers behind it
+as NAME.json."""
 
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,10 +15,8 @@ import numpy as np
 import torch
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
-from matplotlib.offsetbox import AnnotationBbox, OffsetImage
-from matplotlib.patches import Patch
 
-from .figures import _mosaic, _save, colorize
+from .figures import _mosaic, _save, class_legend, colorize
 from .overlays import _np, _rgb, heat_overlay, mass_centre
 
 CAM_LABEL = "Grad-CAM (0: no evidence, 1: strongest)"
@@ -227,72 +225,6 @@ def plot_top_filters(weight: torch.Tensor, path: Path, title: str, top: int = 16
     return _save(fig, path, data)
 
 
-def _neighbour_labels(xy: np.ndarray, labels: np.ndarray, k: int = 10) -> np.ndarray:
-    """(N, k) labels of every point's k nearest other points in the embedding."""
-    from sklearn.neighbors import NearestNeighbors  # here: the module imports without scikit-learn
-
-    k = min(k, len(xy) - 1)
-    _, idx = NearestNeighbors(n_neighbors=k + 1).fit(xy).kneighbors(xy)
-    # Drop each point itself; with duplicate points it need not come first, so drop it by index.
-    own = idx == np.arange(len(xy))[:, None]
-    own[~own.any(1), -1] = True
-    return labels[idx[~own].reshape(len(xy), k)]
-
-
-def _thumb_points(pts: np.ndarray, n: int) -> list[int]:
-    """Indices of n points of one class for thumbnails: in the class's dense inner half, the first nearest
-    its median, each next farthest from those chosen (thumbnails then cover each other less)."""
-    inner = np.argsort(np.linalg.norm(pts - np.median(pts, 0), axis=1))[: max(n, math.ceil(len(pts) / 2))]
-    chosen = [int(inner[0])]
-    while len(chosen) < min(n, len(inner)):
-        dist = np.linalg.norm(pts[inner][:, None] - pts[chosen][None], axis=2).min(1)
-        chosen.append(int(inner[int(np.argmax(dist))]))
-    return chosen
-
-
-def plot_embedding(
-    xy: np.ndarray,
-    labels: torch.Tensor,
-    classes: Sequence[str],
-    colors: Sequence[str],
-    images: torch.Tensor,
-    method: str,
-    path: Path,
-    thumbs_per_class: int = 2,
-) -> Path:
-    """2-D embedding (N,2) of penultimate features coloured by class, with a few thumbnails per class, and
-    per class the share of its points' 10 nearest neighbours from another class (the classes it mixes with)."""
-    xy = np.asarray(xy, dtype=float)
-    lab = torch.as_tensor(labels).cpu().numpy().astype(int)
-    near = _neighbour_labels(xy, lab) if len(xy) > 1 else np.zeros((len(xy), 0), dtype=int)
-    overlap: dict[str, dict[str, Any]] = {}
-    fig, ax = plt.subplots(figsize=(9.5, 7))
-    size = 4 if len(xy) > 3000 else 10
-    for c, name in enumerate(classes):
-        members = np.flatnonzero(lab == c)
-        if not len(members):
-            overlap[name] = {"mixed": None, "with": None}
-            continue
-        nb = near[members]
-        other = nb[nb != c]
-        mixed = float((nb != c).mean()) if nb.size else 0.0
-        common = Counter(other.tolist()).most_common(1)
-        overlap[name] = {"mixed": round(mixed, 4), "with": classes[common[0][0]] if common else None}
-        ax.scatter(*xy[members].T, s=size, color=colors[c], alpha=0.6, lw=0, label=f"{name} ({mixed:.0%} mixed)")
-        for i in members[_thumb_points(xy[members], thumbs_per_class)] if thumbs_per_class > 0 else []:
-            thumb = OffsetImage(_rgb(images[i]), zoom=26 / images.shape[-1], interpolation="nearest")
-            ax.add_artist(AnnotationBbox(thumb, tuple(xy[i]), pad=0.1, bboxprops={"edgecolor": colors[c], "lw": 1.5}))
-    ax.set_xlabel(f"{method} 1")
-    ax.set_ylabel(f"{method} 2")
-    ax.set_title(f"Penultimate features of {len(xy)} images ({method})", fontsize=10)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=7, markerscale=2.5, frameon=False,
-              title="class (share of 10 nearest\nneighbours from other classes)", title_fontsize=7)  # fmt: skip
-    ax.grid(alpha=0.2)
-    data = {"method": method, "n": len(xy), "overlap": overlap, "points": np.round(xy, 3).tolist(),
-            "labels": lab.tolist()}  # fmt: skip
-    return _save(fig, path, data)
-
-
 def plot_reliability(cal: dict, path: Path, title: str) -> Path:
     """Reliability diagram: accuracy per confidence bin against the diagonal, the gap to each bin's mean
     confidence in red, and below it how many predictions fall in each bin."""
@@ -363,8 +295,7 @@ def plot_confidence_cases(
             axes[r, c].set_title(f"{names[r]}: {head}{score}", fontsize=8)
     for c, label, im in ((cols - 2, "confidence", im_conf), (cols - 1, "entropy (nats)", im_ent)):
         _colorbar(fig, im, label, ax=axes[:, c], location="bottom", shrink=0.9, aspect=25)
-    handles = [Patch(color=np.array(col) / 255, label=name) for name, col in zip(classes, colors, strict=True)]
-    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(classes), 6), fontsize=8, frameon=False)
+    class_legend(fig, classes, colors, loc="outside lower center")
     fig.suptitle(title, fontsize=10)
     data = {"names": names, "mean_iou": scores, "mean_confidence": [float(x.float().mean()) for x in conf],
             "mean_entropy": [float(x.float().mean()) for x in entropy]}  # fmt: skip
@@ -399,8 +330,7 @@ def plot_class_cams(
         ax.axis("off")
     fig.suptitle(title, fontsize=10)
     _colorbar(fig, _cam_mappable(), CAM_LABEL, ax=axes, shrink=0.8, aspect=30)
-    handles = [Patch(color=np.array(col) / 255, label=name) for name, col in zip(classes, colors, strict=True)]
-    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(classes), 6), fontsize=8, frameon=False)
+    class_legend(fig, classes, colors, loc="outside lower center")
     data = {"classes": list(cams), "mass_centre": {k: mass_centre(v) for k, v in cams.items()},
             "peak": {k: float(torch.as_tensor(v).max()) for k, v in cams.items()}}  # fmt: skip
     return _save(fig, path, data, layout=False)

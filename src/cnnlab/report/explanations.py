@@ -14,6 +14,7 @@ from ..data import Split
 from ..tasks import Task
 from ..tasks.segment import hex_to_rgb
 from . import explain_figures as xf
+from .embedding import plot_embedding
 
 FEATURE_MAP_CHANNELS = 12  # per layer: the most active ones; 64 tiles a row would be too small to read
 
@@ -76,7 +77,7 @@ def classify_explanations(
         images = data.subset(idx).x  # a memory-mapped split stays on disk: read a chunk at a time
         feats = interpret.penultimate(model, images, lambda x: _inputs(task, x, model))
         xy = interpret.embed(feats, cfg.explain.embedding, cfg.train.seed)
-        xf.plot_embedding(
+        plot_embedding(
             xy, true[idx], task.classes, task.colors, images, cfg.explain.embedding, out / f"embedding_{split}"
         )
 

@@ -16,6 +16,7 @@ import torch
 from matplotlib.patches import Patch
 
 from ..checkpoint import atomic_write
+from ..interpret import pick_examples
 from ..outputs import write_json
 
 DPI = 110
@@ -160,9 +161,9 @@ def plot_examples(
     # One axes per row with the tiles pasted side by side: ten axes draw far faster than forty.
     fig, axes = plt.subplots(n, 1, figsize=(cols * 1.6 + 1.4, n * 1.55))
     chosen: dict[str, dict[str, list[int]]] = {}
+    picks = pick_examples(true, pred, n, per_class)
     for c, ax in enumerate(np.atleast_1d(axes)):
-        right = torch.nonzero((true == c) & (pred == c)).flatten()[:per_class].tolist()
-        wrong = torch.nonzero((true == c) & (pred != c)).flatten()[:per_class].tolist()
+        right, wrong = picks[c]
         chosen[classes[c]] = {"correct": right, "wrong": wrong}
         rgb = images.shape[1] == 3
         row = np.full((side, cols * (side + gap), 3), 1.0) if rgb else np.full((side, cols * (side + gap)), np.nan)
@@ -249,6 +250,12 @@ def colorize(labels: torch.Tensor, colors: Sequence[tuple[int, int, int]]) -> np
     return palette[labels.numpy().astype(np.uint8)]
 
 
+def class_legend(fig: plt.Figure, classes: Sequence[str], colors: Sequence[tuple[int, int, int]], loc: str) -> None:
+    """A row of class-colour swatches under a figure of label maps."""
+    handles = [Patch(color=np.array(col) / 255, label=name) for name, col in zip(classes, colors, strict=True)]
+    fig.legend(handles=handles, loc=loc, ncol=min(len(classes), 6), fontsize=8, frameon=False)
+
+
 def plot_segmentation_cases(
     images: torch.Tensor,
     truths: torch.Tensor,
@@ -271,8 +278,7 @@ def plot_segmentation_cases(
             axes[r, c].imshow(img, interpolation="nearest", cmap="gray")
             axes[r, c].axis("off")
             axes[r, c].set_title(f"{names[r]}: {head}" + (f" (mIoU {scores[r]:.2f})" if c == 2 else ""), fontsize=8)
-    handles = [Patch(color=np.array(col) / 255, label=name) for name, col in zip(classes, colors, strict=True)]
-    fig.legend(handles=handles, loc="lower center", ncol=len(classes), fontsize=8, frameon=False)
+    class_legend(fig, classes, colors, loc="lower center")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0.05, 1, 0.97))  # room for the legend below
     return _save(fig, path, {"names": names, "mean_iou": scores}, layout=False)
