@@ -136,7 +136,9 @@ def test_predict_big_rotated_jpeg_and_grey_png(tiny_facade, tmp_path):
     labels = Image.open(tmp_path / "out" / "big_labels.png")
     assert labels.size == (1365, 2048) and labels.mode == "P"
     assert set(np.unique(np.array(labels))) <= {0, 1, 2, 3, 4}
-    assert Image.open(tmp_path / "out" / "big_overlay.jpg").size == (1365, 2048)
+    overlay = Image.open(tmp_path / "out" / "big_overlay.png")
+    assert overlay.width == 1365 and overlay.height > 2048  # the photo, then the legend below it
+    assert Image.open(tmp_path / "out" / "big_side_by_side.jpg").size == (2 * 1365, overlay.height)
     areas = json.loads((tmp_path / "out" / "grey_areas.json").read_text())["area"]
     assert sum(areas.values()) == pytest.approx(1.0) and list(areas) == list(FacadeTask.classes)
     (tmp_path / "bomb.png").write_bytes(b"")

@@ -509,7 +509,7 @@ def test_a_third_segmentation_set_predicts(monkeypatch, capsys, tmp_path, square
     image = save(tmp_path / "new.png", img)
     code, stdout, err = run_cli(monkeypatch, capsys, "segment", "predict", square_run, image, "--out", tmp_path / "p")
     assert code == 0, err
-    assert stdout.startswith(f"{image}: background ") and f"-> {tmp_path / 'p' / 'new_overlay.jpg'}" in stdout
+    assert stdout.startswith(f"{image}: background ") and f"-> {tmp_path / 'p' / 'new_overlay.png'}" in stdout
     labels = check_labels_png(tmp_path / "p" / "new_labels.png", square_run, image)
     inside = mask != 255
     assert (labels[inside] == mask[inside]).mean() > 0.9  # and it found the square

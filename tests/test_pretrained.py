@@ -179,10 +179,10 @@ def test_segment_without_a_run(runs, shipped, tiny_facade, tmp_path):
     photo.write_bytes((tiny_facade / "eecs442_0000.jpg").read_bytes())
     r = cnnlab("facade", "predict", photo, models=shipped, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert "-> predictions/front_overlay.jpg" in r.stdout  # the working folder, not the installed package
+    assert "-> predictions/front_overlay.png" in r.stdout  # the working folder, not the installed package
     assert not list(shipped.rglob("predictions"))
     predict_files(runs["facade"], [photo], out=tmp_path / "ref")
-    for name in ("front_labels.png", "front_overlay.jpg", "front_areas.json"):
+    for name in ("front_labels.png", "front_overlay.png", "front_side_by_side.jpg", "front_areas.json"):
         assert (tmp_path / "predictions" / name).read_bytes() == (tmp_path / "ref" / name).read_bytes()
     r = cnnlab("fashion", "predict", "--model", "alt", photo, models=shipped)
     assert r.returncode == 2 and r.stderr.count("\n") == 1

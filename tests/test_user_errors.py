@@ -208,8 +208,8 @@ def test_photos_with_one_name_get_distinct_outputs(tmp_path, monkeypatch, capsys
     )
     assert code == 0, err
     assert sorted(p.name for p in out.iterdir()) == [
-        "IMG_1-2_areas.json", "IMG_1-2_labels.png", "IMG_1-2_overlay.jpg",
-        "IMG_1_areas.json", "IMG_1_labels.png", "IMG_1_overlay.jpg",
+        "IMG_1-2_areas.json", "IMG_1-2_labels.png", "IMG_1-2_overlay.png", "IMG_1-2_side_by_side.jpg",
+        "IMG_1_areas.json", "IMG_1_labels.png", "IMG_1_overlay.png", "IMG_1_side_by_side.jpg",
     ]  # fmt: skip
     assert str(tmp_path / "b/IMG_1.jpg") in (out / "IMG_1-2_areas.json").read_text()
 

@@ -93,25 +93,28 @@ def evaluate(
 ) -> dict[str, Any]:
     """Evaluate a run's `which` ("best" or "last") checkpoint on `split` ("test" or "val").
 
-    Writes eval_<split>.json and that split's figures into the run and returns the metrics: "acc"
-    (and "per_class_acc") for Fashion-MNIST; "map", "miou", "ap", "iou", "acc" for facades; "n"
-    images. `data_dir` is where the run's data set is now, if it moved; `external` is another
+    Writes eval_<split>.json and that split's figures into the run, refreshes its report.html and returns
+    the metrics: "acc" (and "per_class_acc") for Fashion-MNIST; "map", "miou", "ap", "iou", "acc" for
+    facades; "n" images. `data_dir` is where the run's data set is now, if it moved; `external` is another
     labelled facade folder to evaluate on instead. Prints nothing.
     """
     from .pretrained import is_shipped_name
+    from .report.run_page import write_report
 
     if is_shipped_name(run_dir):
         raise ConfigError(
             f"{run_dir} is a shipped model: its validation and test metrics are on its card (`cnnlab models`); "
             "evaluate takes a run folder"
         )
-    return evaluation.evaluate(
+    metrics = evaluation.evaluate(
         Path(run_dir),
         split=split,
         which=which,
         data_dir=data_dir,
         external=Path(external) if external is not None else None,
     )
+    write_report(Path(run_dir))
+    return metrics
 
 
 def predict(
@@ -122,26 +125,45 @@ def predict(
     out: str | Path | None = None,
     max_side: int | None = None,
     tta: bool = False,
+    alpha: float = 0.5,
+    save_inputs: str | Path | None = None,
+    progress: bool = False,
 ) -> list[dict]:
-    """Predict on your own image files with a run folder or a shipped model's name ("fashion", "facade").
+    """Predict on your own images with a run folder or a shipped model's name ("fashion", "facade").
 
-    Fashion-MNIST: one dict per image with "file", "top" (`top` pairs of class and probability) and
-    "notes" (what was done to the image). Facades: also writes NAME_labels.png, NAME_overlay.jpg and
-    NAME_areas.json into `out` (default: RUN/predictions, or ./predictions for a shipped model) and
-    returns "area" (class: share of the photo) and the paths written. Segmentation works at `max_side` px
-    on the photo's longer side (default 256, the scale the facade nets learned), in overlapping tiles;
-    `tta` averages the views the model's recipe evaluates with (mirrored, rescaled: slower).
+    `images`: files, folders (their image files) and glob patterns such as "photos/*.jpg".
+    Classifiers: one dict per image with "file", "top" (`top` pairs of class and probability) and
+    "notes" (what was done to the image); `save_inputs` names a folder for NAME_input.png, exactly the
+    pixels the model saw ("input" in the dict). Segmenters: also write NAME_labels.png, NAME_overlay.png
+    (class colours at weight `alpha` over the photo, with a legend), NAME_side_by_side.jpg and
+    NAME_areas.json into `out` (default: RUN/predictions, or ./predictions for a shipped model) and return
+    "area" (class: share of the photo) and the paths written. Segmentation works at `max_side` px on the
+    photo's longer side (default 256, the scale the facade nets learned), in overlapping tiles; `tta`
+    averages the views the model's recipe evaluates with (mirrored, rescaled: slower). `progress` shows a
+    progress bar on stderr.
     """
+    from .data.images import image_files
     from .predictions import predict_files
     from .pretrained import resolve_any
-    from .segment import MAX_SIDE, MIN_WORK_SIDE
+    from .sizes import MAX_SIDE, MIN_WORK_SIDE
 
     if not 1 <= top <= 10:
         raise ConfigError(f"top {top}: choose 1 to 10 classes")
     if max_side is not None and not MIN_WORK_SIDE <= max_side <= MAX_SIDE:
         raise ConfigError(f"max_side {max_side}: choose {MIN_WORK_SIDE} to {MAX_SIDE} px")
-    paths = [Path(p) for p in images]
-    return predict_files(resolve_any(model), paths, top=top, out=Path(out) if out else None, max_side=max_side, tta=tta)
+    if not 0 <= alpha <= 1:
+        raise ConfigError(f"alpha {alpha}: choose 0 (the photo alone) to 1 (the class colours alone)")
+    return predict_files(
+        resolve_any(model),
+        image_files([Path(p) for p in images]),
+        top=top,
+        out=Path(out) if out else None,
+        max_side=max_side,
+        tta=tta,
+        alpha=alpha,
+        save_inputs=Path(save_inputs) if save_inputs is not None else None,
+        progress=progress,
+    )
 
 
 def explain(
@@ -152,7 +174,8 @@ def explain(
     class_name: str | None = None,
     max_side: int | None = None,
 ) -> list[dict]:
-    """Explain a run's or shipped model's decisions on your image files; writes figures into `out`.
+    """Explain a run's or shipped model's decisions on your images (files, folders, glob patterns); writes
+    figures into `out`.
 
     Classifiers: NAME_explain.png shows the image, Grad-CAM maps of the predicted class and of a second
     one (`class_name`, default the runner-up), integrated gradients of the predicted class and the top
@@ -161,13 +184,14 @@ def explain(
     entropy) and NAME_cams.png (Grad-CAM of `class_name`, default every class); the dict has
     "mean_confidence", "unsure_share" (pixels under 50%), "mean_entropy" (nats) and "area".
     """
+    from .data.images import image_files
     from .explain_photos import explain_files
     from .pretrained import resolve_any
+    from .sizes import MAX_WORK_SIDE
 
-    paths = [Path(p) for p in images]
+    paths = image_files([Path(p) for p in images])
     if not paths:
         raise ConfigError("no image files given; e.g. `cnnlab explain fashion shoe.png`")
-    from .segment import MAX_WORK_SIDE
 
     return explain_files(resolve_any(model), paths, Path(out), class_name, max_side or MAX_WORK_SIDE)
 

@@ -1,222 +1,64 @@
-"""Command line: `cnnlab fashion|facade|classify|segment train|evaluate|predict ...`. Bad input: one line, exit 2."""
+"""Command line: `cnnlab fashion|facade|classify|segment train|evaluate|predict ...`. Bad input: one line, exit 2.
+
+Torch and the modules that need it are imported inside the commands: `cnnlab --help` answers in a
+fraction of a second instead of the ~1.5 s importing torch takes."""
 
 from __future__ import annotations
 
-import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING
 
 import typer
+from typer._click import Context
+from typer.core import TyperArgument, TyperOption
 
-from . import api, runs
-from .config import DEFAULT_RECIPES, KINDS, recipe_names
+from . import __version__
+from .cli_tasks import TITLES, task_app
 from .errors import CnnlabError
-from .explain_photos import MAX_EXPLAIN_SIDE
-from .outputs import check_file
-from .segment import MAX_SIDE, MAX_WORK_SIDE, MIN_WORK_SIDE
-from .tasks import get_task
+
+if TYPE_CHECKING:
+    from typer._click import Command
+from .sizes import MAX_EXPLAIN_SIDE, MAX_WORK_SIDE, MIN_WORK_SIDE
 
 app = typer.Typer(
-    help="Train, evaluate and explain small CNNs: image classification and segmentation, on the built-in "
-    "Fashion-MNIST and facade sets or on your own folders.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
 )
 
-OVERRIDE_HELP = "Override a recipe value, e.g. --set train.epochs=3 --set optim.lr=3e-4 (repeatable)."
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"cnnlab {__version__}")
+        raise typer.Exit()
 
 
-DATA_HELP = {
-    "fashion": "Folder holding the Fashion-MNIST files (default: auto-detect); with --resume: where it is now.",
-    "facade": "Folder of NAME.jpg + NAME.png pairs (default: auto-detect); with --resume: where it is now.",
-    "classify": "Your image folder: DIR/train/<class>/*.png|jpg (optional DIR/val/, DIR/test/ alike).",
-    "segment": "Your folder: DIR/images/NAME.jpg, DIR/masks/NAME.png, DIR/classes.yaml (optional val/, test/).",
-}
-
-
-def _task_app(task: str, title: str) -> typer.Typer:
-    """The commands every task shares, bound to one task."""
-    sub = typer.Typer(help=title, no_args_is_help=True)
-    default_recipe = DEFAULT_RECIPES[task]
-
-    @sub.command()
-    def train(
-        recipe: str | None = typer.Option(
-            None, help=f"Recipe name ({', '.join(recipe_names(task))}) or a YAML file (default: {default_recipe})."
-        ),
-        set_: list[str] = typer.Option([], "--set", help=OVERRIDE_HELP),
-        epochs: int | None = typer.Option(None, help="Shortcut for --set train.epochs=N; with --resume: train to N."),
-        batch_size: int | None = typer.Option(None, help="Shortcut for --set train.batch_size=N."),
-        lr: float | None = typer.Option(None, help="Shortcut for --set optim.lr=X."),
-        seed: int | None = typer.Option(None, help="Shortcut for --set train.seed=N."),
-        limit: int | None = typer.Option(None, help="Use only N training images (quick tries)."),
-        data_dir: str | None = typer.Option(None, "--data", "--data-dir", help=DATA_HELP[task]),
-        out: Path | None = typer.Option(None, help="Run folder (default: runs/<task>-<recipe>-<time>)."),
-        resume: Path | None = typer.Option(
-            None, help="Continue the run in this folder where it stopped (also takes --epochs and --data-dir)."
-        ),
-        device: str = typer.Option("cpu", help="cpu or cuda (under torchrun: one GPU per process)."),
-        max_steps: int | None = typer.Option(
-            None, min=1, help="Stop after N optimizer steps in total and save a checkpoint; continue with --resume."
-        ),
-        tensorboard: bool = typer.Option(
-            False, help="Also log to RUN/tensorboard (pip install 'cnnlab[tensorboard]')."
-        ),
-        progress: bool = typer.Option(True, help="Show progress bars."),
-    ) -> None:
-        """Train a model; writes config, metrics.jsonl, checkpoints, figures and report.html into one run folder.
-
-        Under torchrun (`torchrun --nproc_per_node=N -m cnnlab ...`) the processes share each batch."""
-        if resume is not None:
-            fixed = {"--recipe": recipe, "--set": set_, "--batch-size": batch_size, "--lr": lr, "--seed": seed}
-            fixed |= {"--limit": limit, "--out": out, "--tensorboard": tensorboard}
-            if given := [name for name, value in fixed.items() if value]:
-                raise CnnlabError(
-                    f"{given[0]} with --resume: a resumed run keeps its settings (only --epochs and --data-dir may "
-                    "change); start a new run with --out to change them"
-                )
-            res = api.train_config(
-                None, resume, resume=True, device=device, progress=progress, max_steps=max_steps, epochs=epochs,
-                data_dir=data_dir,
-            )  # fmt: skip
-        else:
-            cfg = api.resolve_config(
-                task,
-                recipe or default_recipe,
-                [*set_, *(["train.tensorboard=true"] if tensorboard else [])],
-                epochs=epochs,
-                batch_size=batch_size,
-                lr=lr,
-                seed=seed,
-                limit=limit,
-                data_dir=data_dir,
-            )
-            res = api.train_config(cfg, out, device=device, progress=progress, max_steps=max_steps)
-        if res.interrupted:
-            raise typer.Exit(130)
-        if os.environ.get("RANK", "0") == "0":
-            typer.echo(str(res.run_dir))
-
-    @sub.command()
-    def evaluate(
-        run: Path = typer.Argument(..., help="Run folder."),
-        split: Literal["test", "val"] = typer.Option("test", help="Split to evaluate."),
-        checkpoint: Literal["best", "last"] = typer.Option("best", help="best (by validation) or last."),
-        data_dir: str | None = typer.Option(None, help="Where the run's dataset is now, if it moved."),
-        data: Path | None = typer.Option(
-            None, help="Evaluate on another labelled folder instead (laid out like the run's data; not Fashion-MNIST)."
-        ),
-    ) -> None:
-        """Evaluate a run's checkpoint; writes eval_<split>.json and the split's figures into the run."""
-        m = api.evaluate(run, split=split, which=checkpoint, data_dir=data_dir, external=data)
-        summary = get_task(runs.load_run_config(run)).summary_line(m)
-        typer.echo(f"{m['split']} ({checkpoint} checkpoint, {m['n']} images): {summary}")
-
-    return sub
-
-
-TITLES = {
-    "fashion": "Fashion-MNIST classification (10 classes, 28x28 grey).",
-    "facade": "Facade segmentation (others, facade, pillar, window, balcony).",
-    "classify": "Classify your own images: a folder with a subfolder per class.",
-    "segment": "Segment your own images: a folder of images, masks and classes.yaml.",
-}
-MODEL_HELP = "A shipped model's name (see `cnnlab models`) or a run folder; default: the shipped {task} model."
-RUN_HELP = "A run folder of this task (trained with `cnnlab {task} train`)."
-
-
-def _model_and_files(task: str, files: list[Path], model: str | None) -> tuple[Path, list[Path]]:
-    """`[RUN] FILE...` and --model -> the model folder and the files; a leading run folder is the model."""
-    if files and (files[0] / "config.yaml").is_file():
-        if model is not None:
-            raise CnnlabError(f"{files[0]} and --model {model}: give the model once")
-        model, files = str(files[0]), files[1:]
-    if not files:
-        raise CnnlabError(f"no image files given; e.g. `cnnlab {task} predict RUN photo.jpg`")
-    from .pretrained import resolve_model
-
-    return resolve_model(model, task), files
-
-
-def _classify_predict(sub: typer.Typer, task: str) -> None:
-    model_help = MODEL_HELP.format(task=task) if task == "fashion" else RUN_HELP.format(task=task)
-    what = "any size/colour; made 28x28 grey" if task == "fashion" else "any size; resized as the training images"
-
-    @sub.command("predict")
-    def predict(
-        files: list[Path] = typer.Argument(..., metavar="[RUN] IMAGE", help=f"Image files ({what}), after a run."),
-        model: str | None = typer.Option(None, help=model_help),
-        top: int = typer.Option(3, min=1, max=10, help="How many classes to show."),
-    ) -> None:
-        """Classify your own images; prints the top classes and what was done to each image."""
-        run, images = _model_and_files(task, files, model)
-        for r in api.predict(run, images, top=top):
-            guesses = ", ".join(f"{c} {p:.1%}" for c, p in r["top"])
-            typer.echo(f"{r['file']}: {guesses}")
-            for note in r["notes"]:
-                typer.echo(f"  note: {note}")
-
-
-def _segment_predict(sub: typer.Typer, task: str) -> None:
-    model_help = MODEL_HELP.format(task=task) if task == "facade" else RUN_HELP.format(task=task)
-
-    @sub.command("predict")
-    def predict(
-        files: list[Path] = typer.Argument(
-            ..., metavar="[RUN] PHOTO", help="Photos (any size; EXIF rotation honoured), after an optional run."
-        ),
-        model: str | None = typer.Option(None, help=model_help),
-        out: Path | None = typer.Option(
-            None, "-o", "--out", help="Output folder (default: RUN/predictions; ./predictions for a shipped model)."
-        ),
-        max_side: int = typer.Option(
-            MAX_WORK_SIDE,
-            min=MIN_WORK_SIDE,
-            max=MAX_SIDE,
-            help="Segment at this many px on the photo's longer side (overlapping tiles), then resize back.",
-        ),
-        tta: bool = typer.Option(False, help="Also average mirrored and rescaled views, as the recipe evaluates."),
-    ) -> None:
-        """Segment your own photos: colour label map, overlay and per-class area percentages."""
-        run, photos = _model_and_files(task, files, model)
-        for r in api.predict(run, photos, out=out, max_side=max_side, tta=tta):
-            shares = ", ".join(f"{c} {p:.1%}" for c, p in r["area"].items())
-            typer.echo(f"{r['file']}: {shares} -> {r['overlay']}")
-            for note in r["notes"]:
-                typer.echo(f"  note: {note}")
-
-
-task_apps = {task: _task_app(task, title) for task, title in TITLES.items()}
-for _task, _sub in task_apps.items():
-    (_classify_predict if KINDS[_task] == "classify" else _segment_predict)(_sub, _task)
-    app.add_typer(_sub, name=_task)
-
-
-@task_apps["fashion"].command("sweep-activations")
-def fashion_sweep(
-    recipe: str = typer.Option("seed-a", help="Recipe to vary."),
-    set_: list[str] = typer.Option([], "--set", help=OVERRIDE_HELP),
-    epochs: int | None = typer.Option(None, help="Shortcut for --set train.epochs=N."),
-    limit: int | None = typer.Option(None, help="Use only N training images (quick tries)."),
-    out: Path | None = typer.Option(None, help="Folder for the three runs and the table."),
-    progress: bool = typer.Option(True, help="Show progress bars."),
+@app.callback()
+def _options(
+    version: bool = typer.Option(False, "--version", is_eager=True, callback=_version, help="Print the version."),
 ) -> None:
-    """Train with relu, leaky_relu and sigmoid; tabulate validation and test accuracy."""
-    results = api.sweep_activations(recipe, out, set_, progress=progress, epochs=epochs, limit=limit)
-    for act, r in results.items():
-        typer.echo(f"{act:>10}: best val {r['best_val_acc']:.2%}  test {r['test_acc']:.2%}")
+    """Train, evaluate and explain small CNNs: image classification and segmentation, on the built-in
+    Fashion-MNIST and facade sets or on your own folders."""
+
+
+for _task in TITLES:
+    app.add_typer(task_app(_task), name=_task)
 
 
 @app.command()
 def report(
-    runs: list[Path] = typer.Argument(..., help="A run folder; with --compare, several runs or folders of runs."),
+    runs: list[Path] = typer.Argument(
+        ..., metavar="RUN...", help="A run folder; with --compare, several runs or folders of runs."
+    ),
     compare: bool = typer.Option(False, "--compare", help="One page comparing the runs side by side."),
-    out: Path | None = typer.Option(None, "-o", "--out", help="Where the compare page goes (default: compare.html)."),
+    out: Path | None = typer.Option(
+        None, "-o", "--out", metavar="FILE", help="Where the compare page goes (default: compare.html)."
+    ),
 ) -> None:
     """Write RUN/report.html (self-contained: open it offline or copy it anywhere), or a comparison page."""
+    from .outputs import check_file
     from .report.compare import find_runs, write_compare
     from .report.run_page import write_report
 
@@ -238,6 +80,8 @@ def models() -> None:
     from rich.table import Table
 
     from .pretrained import list_models, models_dir
+    from .runs import load_run_config
+    from .tasks import get_task
 
     cards = list_models()
     if not cards:
@@ -247,7 +91,7 @@ def models() -> None:
     for task in sorted({c["task"] for c in cards}):
         # The columns are the task's headline metrics; a folder task's facts live in its model's config.
         first = next(c for c in cards if c["task"] == task)
-        metrics = get_task(runs.load_run_config(models_dir() / first["name"])).headline
+        metrics = get_task(load_run_config(models_dir() / first["name"])).headline
         headers = [f"{split} {label}" for split in ("val", "test") for label, _ in metrics.values()]
         table = Table("name", "recipe", "model", "ImageNet", *headers, "trained", title=f"{task} models", box=None)
         for c in (c for c in cards if c["task"] == task):
@@ -259,12 +103,17 @@ def models() -> None:
 
 @app.command()
 def explain(
-    model: str = typer.Argument(..., help="A run folder or a shipped model's name (see `cnnlab models`)."),
+    model: str = typer.Argument(
+        ..., metavar="MODEL", help="A run folder or a shipped model's name (see `cnnlab models`)."
+    ),
     images: list[Path] = typer.Argument(..., metavar="IMAGE...", help="Your images or photos (any size)."),
-    out: Path = typer.Option(Path("explanations"), "-o", "--out", help="Output folder (created if missing)."),
+    out: Path = typer.Option(
+        Path("explanations"), "-o", "--out", metavar="DIR", help="Output folder (created if missing)."
+    ),
     class_name: str | None = typer.Option(
         None,
         "--class",
+        metavar="CLASS",
         help="Classifiers: the class to explain beside the prediction (default: the runner-up). "
         "Segmenters: the only class whose activation map is drawn (default: every class).",
     ),
@@ -278,6 +127,8 @@ def explain(
     """Why the model decided: class activation maps (Grad-CAM), integrated gradients and probabilities for a
     classifier; confidence, entropy and per-class activation maps for a segmenter. Writes NAME_explain.png
     and NAME_explain.json per image (segmenters also NAME_cams.png)."""
+    from . import api
+
     for r in api.explain(model, images, out=out, class_name=class_name, max_side=max_side):
         if "predicted" in r:
             top = ", ".join(f"{c} {p:.1%}" for c, p in r["top"][:3])
@@ -293,12 +144,17 @@ def explain(
 
 @app.command()
 def export(
-    model: str = typer.Argument(..., help="A run folder or a shipped model's name (see `cnnlab models`)."),
-    format_: str = typer.Option("onnx", "--format", help="Only onnx for now."),
-    out: Path | None = typer.Option(None, "-o", "--out", help="Output file (default: ./<model folder name>.onnx)."),
+    model: str = typer.Argument(
+        ..., metavar="MODEL", help="A run folder or a shipped model's name (see `cnnlab models`)."
+    ),
+    format_: str = typer.Option("onnx", "--format", metavar="onnx", help="Only onnx for now."),
+    out: Path | None = typer.Option(
+        None, "-o", "--out", metavar="FILE", help="Output file (default: ./<model folder name>.onnx)."
+    ),
 ) -> None:
     """Export the network to ONNX: normalised float NCHW in, logits out, dynamic batch (and segmentation size)."""
     from .export import export_onnx
+    from .outputs import check_file
     from .pretrained import resolve_any
 
     if format_ != "onnx":
@@ -317,10 +173,14 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="Address to listen on; 0.0.0.0 opens it to your network (no login)."),
     port: int = typer.Option(8000, min=0, max=65535, help="Port; 0 picks a free one (the log says which)."),
     classify: str | None = typer.Option(
-        None, help="/api/classify's model: any classification run folder or shipped model (default: fashion)."
+        None,
+        metavar="NAME|RUN",
+        help="/api/classify's model: any classification run folder or shipped model (default: fashion).",
     ),
     segment: str | None = typer.Option(
-        None, help="/api/segment's model: any segmentation run folder or shipped model (default: facade)."
+        None,
+        metavar="NAME|RUN",
+        help="/api/segment's model: any segmentation run folder or shipped model (default: facade).",
     ),
     fashion: str | None = typer.Option(None, hidden=True),  # the names of --classify/--segment before folder tasks
     facade: str | None = typer.Option(None, hidden=True),
@@ -349,12 +209,46 @@ def _warning_line(message, category, filename, lineno, file=None, line=None) -> 
     typer.echo(f"cnnlab: warning: {' '.join(str(message).split())}", err=True)
 
 
+class _PlainArgument(TyperArgument):
+    """An argument shown by its metavar alone. typer 0.29 adds a developer's type (`<list[Path]>`) to the
+    help and braces to the usage line (`{[RUN] IMAGE}...`); users read `[RUN] IMAGE...`."""
+
+    def display_type_rich(self, ctx: Context) -> None:
+        return None
+
+    def get_usage_pieces(self, ctx: Context) -> list[str]:
+        return [self.metavar or self.name.upper()]
+
+
+_WORDS = {int: "N", float: "X", str: "TEXT", Path: "PATH"}
+
+
+def _plain_help(command: Command) -> Command:
+    """Readable help for `command` and its subcommands: options show a word (N, X, PATH, a choice) in
+    place of typer's `<int>`/`<bool>` types, flags show none, arguments their metavar."""
+    help_option = command.get_help_option(Context(command))  # made on first use, then kept by the command
+    for param in [*command.params, *([help_option] if help_option else [])]:
+        if isinstance(param, TyperArgument):
+            param.__class__ = _PlainArgument
+        elif isinstance(param, TyperOption) and param.metavar is None:
+            kind = param.type_descriptor
+            if param.is_flag:
+                param.metavar = ""
+            elif kind.is_choice:
+                param.metavar = "|".join(map(str, kind.choices or ()))
+            else:
+                param.metavar = _WORDS.get(kind.annotation, "TEXT")
+    for sub in getattr(command, "commands", {}).values():
+        _plain_help(sub)
+    return command
+
+
 def main() -> None:
     """The `cnnlab` command: any CnnlabError is one `cnnlab: error:` line and exit code 2."""
     warnings.showwarning = _warning_line
     try:
         # Not standalone: click's usage errors come here, to be one line like every other error.
-        code = app(standalone_mode=False)
+        code = _plain_help(typer.main.get_command(app)).main(prog_name="cnnlab", standalone_mode=False)
     except typer.Abort:
         sys.exit(130)
     except typer.TyperException as e:  # a usage error from the click that typer carries inside

@@ -341,7 +341,7 @@ class Trainer:
                 )
             self.say(
                 f"epoch {epoch + 1:>3}/{self.cfg.train.epochs}  train loss {row['train_loss']:.4f}  "
-                f"{self.task.summary_line(val)}  {row['time_s']:.0f}s" + ("  [green]*best[/]" if improved else "")
+                f"| val {self.task.summary_line(val)}  {row['time_s']:.0f}s" + ("  [green]*best[/]" if improved else "")
             )
         self.dist.barrier()
         state.epoch, state.batch, state.elapsed_s = epoch + 1, 0, time.perf_counter() - started

@@ -18,15 +18,12 @@ from .data.images import load_photo, shrink
 from .errors import ConfigError
 from .outputs import check_dir, unique_stems, write_json
 from .runs import load_model
-from .segment import MAX_SIDE, MAX_WORK_SIDE, MIN_WORK_SIDE
+from .sizes import MAX_EXPLAIN_SIDE, MAX_SIDE, MAX_WORK_SIDE, MIN_WORK_SIDE
 from .tasks import Task, get_task
 
 # Integration steps: on the shipped resnet (max-pooling) the completeness gap was 3-10% of the logit's rise
 # at 64 steps, 2% at 128 and under 1% at 256 (about 0.8 s an image on 2 cores).
 IG_STEPS = 256
-# px: the longest side a photo is explained at. Gradients through a U-Net need ~10x the memory of a
-# prediction, and the nets learned from 256 px facades anyway (segment.MAX_WORK_SIDE).
-MAX_EXPLAIN_SIDE = 512
 
 
 def _class_index(task: Task, name: str | None) -> int | None:

@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -72,6 +72,19 @@ def unique_stems(paths: Sequence[str | Path]) -> list[str]:
         taken.add(stem.lower())
         stems.append(stem)
     return stems
+
+
+T = TypeVar("T")
+
+
+def progress_over(items: Sequence[T], description: str, show: bool) -> Iterable[T]:
+    """`items`, with a progress bar on stderr while there are several and `show` is on. On stderr, so
+    that stdout stays a clean answer (--json) for scripts; transient, so the log keeps only the results."""
+    from rich.console import Console
+    from rich.progress import track
+
+    disable = not show or len(items) < 2
+    return track(items, description=description, disable=disable, transient=True, console=Console(stderr=True))
 
 
 def _to_jsonable(obj: Any) -> Any:

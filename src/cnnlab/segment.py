@@ -19,25 +19,17 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from .checkpoint import atomic_write
 from .config import RunConfig
 from .data.images import load_photo
-from .outputs import json_bytes, unique_stems
+from .outputs import json_bytes, progress_over, unique_stems
 from .runtime import Runtime, inference_runtime
+from .sizes import MAX_SIDE, MAX_WORK_SIDE, MIN_SIDE
 from .tasks import Task
 
 TILE, OVERLAP, TILE_BATCH = 384, 64, 4
-# px, the longer side segmentation works at by default. The nets learned from 256 px images of one facade
-# each; validation facades enlarged as a photo would show them lose most at any other working size
-# (mAP 0.725 at 256, 0.62 at 384, 0.52 at 512: benchmarks/segment_photo.py, BENCHMARKS.md).
-MAX_WORK_SIDE = 256
-MIN_WORK_SIDE = 64  # px: the smallest --max-side; below it a facade's windows are a pixel or two
-MIN_SIDE = 32  # px: smaller than a window of the training crops
-# px: photos are decoded at most this large. Segmentation runs at `max_side` anyway; the outputs at full
-# size cost ~100 bytes a pixel (2.4 GB for 40 MP), at 2048 px at most ~240 MB a photo (measured).
-MAX_SIDE = 2048
 _ROWS = 256  # rows of the full-size output resized and labelled at a time
 
 
@@ -144,10 +136,37 @@ def label_png(labels: torch.Tensor, task: Task) -> Image.Image:
     return im
 
 
+def with_legend(image: Image.Image, task: Task, area: dict[str, float]) -> Image.Image:
+    """`image` above a white band naming each class beside its colour swatch and its share of the photo,
+    in as many rows as the width needs."""
+    size = max(12, round(image.width / 45))
+    font = ImageFont.load_default(size=size)
+    pad, swatch = size // 2, size
+    entries = [(color, f"{name} {area[name]:.1%}") for name, color in zip(task.classes, task.colors, strict=True)]
+    widths = [swatch + pad // 2 + round(font.getlength(text)) + 2 * pad for _, text in entries]
+    rows: list[list[int]] = [[]]
+    for i, w in enumerate(widths):
+        if rows[-1] and sum(widths[j] for j in rows[-1]) + w > image.width - pad:
+            rows.append([])
+        rows[-1].append(i)
+    line = size + pad
+    out = Image.new("RGB", (image.width, image.height + len(rows) * line + pad), "white")
+    out.paste(image.convert("RGB"), (0, 0))
+    draw = ImageDraw.Draw(out)
+    for r, row in enumerate(rows):
+        x, y = pad, image.height + pad + r * line
+        for i in row:
+            color, text = entries[i]
+            draw.rectangle((x, y, x + swatch, y + swatch), fill=color, outline="black")
+            draw.text((x + swatch + pad // 2, y + swatch / 2), text, fill="black", font=font, anchor="lm")
+            x += widths[i]
+    return out
+
+
 @dataclass
 class Segmentation:
     labels: torch.Tensor  # (H,W) class indices
-    overlay: np.ndarray  # (H,W,3) uint8: the photo and the class colours, half and half
+    overlay: np.ndarray  # (H,W,3) uint8: the photo under the class colours, blended by `alpha`
     area: dict[str, float]  # class -> share of the photo's pixels
     confidence: torch.Tensor  # (h,w) the top class's probability, at the working size
 
@@ -160,8 +179,10 @@ def segment_photo(
     max_side: int = MAX_WORK_SIDE,
     views: Views = Views(),
     rt: Runtime | None = None,
+    alpha: float = 0.5,
 ) -> Segmentation:
-    """Label map, overlay and class areas of one uint8 (3,H,W) photo; adds to `notes` how it was segmented."""
+    """Label map, overlay and class areas of one uint8 (3,H,W) photo; adds to `notes` how it was segmented.
+    `alpha` is the class colours' weight in the overlay (0: the photo alone, 1: the colours alone)."""
     # Imported here: the CLI reads this module's sizes for its --help, without loading matplotlib.
     from .report.figures import colorize
     from .tasks.segment import hex_to_rgb
@@ -173,7 +194,7 @@ def segment_photo(
     labels = full_size_labels(probs, h, w)
     colour = colorize(labels, [hex_to_rgb(c) for c in task.colors])
     photo = img.permute(1, 2, 0).numpy()
-    overlay = (0.5 * photo + 0.5 * colour).astype(np.uint8)
+    overlay = ((1 - alpha) * photo + alpha * colour).round().astype(np.uint8)
     area = torch.bincount(labels.flatten(), minlength=len(task.classes)).double() / labels.numel()
     areas = {c: float(a) for c, a in zip(task.classes, area, strict=True)}
     return Segmentation(labels, overlay, areas, probs.amax(0))
@@ -193,34 +214,39 @@ def segment_files(
     max_side: int = MAX_WORK_SIDE,
     views: Views = Views(),
     rt: Runtime | None = None,
+    alpha: float = 0.5,
+    progress: bool = False,
 ) -> list[dict[str, Any]]:
-    """Write NAME_labels.png, NAME_overlay.jpg and NAME_areas.json for each photo into `out_dir`.
+    """Write NAME_labels.png, NAME_overlay.png (with a legend), NAME_side_by_side.jpg (photo | overlay) and
+    NAME_areas.json for each photo into `out_dir`; `alpha` weighs the class colours in the overlay.
 
-    Inputs with the same name get distinct outputs (NAME, NAME-2, ...). Every photo is read before
-    any output is written, and a photo's three files are encoded in memory before the first is written.
+    Inputs with the same name get distinct outputs (NAME, NAME-2, ...). Every photo is read once before any
+    output is written (and again when its turn comes: holding a folder of decoded photos would take ~12 MB
+    each), and a photo's files are encoded in memory before the first is written.
     """
-    photos = [(p, *load_photo(p, mode=task.photo_mode, min_side=MIN_SIDE, max_side=MAX_SIDE)) for p in paths]
+    for p in paths:
+        load_photo(p, mode=task.photo_mode, min_side=MIN_SIDE, max_side=MAX_SIDE)
     results = []
-    for (path, img, notes), stem in zip(photos, unique_stems(paths), strict=True):
+    for path, stem in progress_over(list(zip(paths, unique_stems(paths), strict=True)), "segmenting", progress):
+        img, notes = load_photo(path, mode=task.photo_mode, min_side=MIN_SIDE, max_side=MAX_SIDE)
         _, h, w = img.shape
-        seg = segment_photo(model, task, img, notes, max_side, views, rt)
+        seg = segment_photo(model, task, img, notes, max_side, views, rt, alpha)
+        overlay = with_legend(Image.fromarray(seg.overlay), task, seg.area)
+        side = Image.new("RGB", (2 * w, overlay.height), "white")
+        side.paste(Image.fromarray(img.permute(1, 2, 0).numpy()), (0, 0))
+        side.paste(overlay, (w, 0))
         files = {
-            out_dir / f"{stem}_labels.png": _encoded(label_png(seg.labels, task), format="PNG"),
-            out_dir / f"{stem}_overlay.jpg": _encoded(Image.fromarray(seg.overlay), format="JPEG", quality=90),
-            out_dir / f"{stem}_areas.json": json_bytes(
-                {"file": str(path), "size": [w, h], "area": seg.area, "notes": notes}
+            "labels": (out_dir / f"{stem}_labels.png", _encoded(label_png(seg.labels, task), format="PNG")),
+            "overlay": (out_dir / f"{stem}_overlay.png", _encoded(overlay, format="PNG")),
+            "side_by_side": (out_dir / f"{stem}_side_by_side.jpg", _encoded(side, format="JPEG", quality=90)),
+            "areas": (
+                out_dir / f"{stem}_areas.json",
+                json_bytes({"file": str(path), "size": [w, h], "area": seg.area, "notes": notes}),
             ),
         }
-        for target, data in files.items():
+        for target, data in files.values():
             atomic_write(target, partial(Path.write_bytes, data=data))
-        label_file, overlay_jpg, _ = files
         results.append(
-            {
-                "file": str(path),
-                "notes": notes,
-                "area": seg.area,
-                "labels": str(label_file),
-                "overlay": str(overlay_jpg),
-            }
+            {"file": str(path), "notes": notes, "area": seg.area, **{k: str(t) for k, (t, _) in files.items()}}
         )
     return results

@@ -22,10 +22,9 @@ from PIL import Image, UnidentifiedImageError
 from ..errors import DataError
 from . import Rows, Split
 from .cache import cache_key, decoded
-from .images import MAX_PIXELS, load_photo
+from .images import MAX_PIXELS, SUFFIXES, load_photo
 
 SKIP_HINT = "; or set data.skip_bad: true to skip such files and list them in the run"
-SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "F")
 MAX_DEFAULT_SIZE = {"classify": 128, "segment": 512}  # px: the default size's cap, for CPU-sized training
 _HEX = re.compile(r"#[0-9a-fA-F]{6}")

@@ -1,5 +1,6 @@
 """Loading a user's photo safely: allowed formats only, EXIF rotation, bounded memory, no decompression bombs."""
 
+import glob
 import struct
 import warnings
 from pathlib import Path
@@ -14,6 +15,8 @@ from ..errors import DataError, NotAnImageError
 
 # What cameras and browsers send. PIL reads many riskier formats (EPS runs Ghostscript), whatever the suffix.
 FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+# Suffixes of the image files a folder or a pattern given to predict/explain stands for.
+SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 MAX_PIXELS = 40_000_000  # a 40-megapixel photo; far larger declared sizes are decompression bombs
 # Phone panoramas reach about 10:1; a longer strip holds nothing to predict on once fitted to a square.
 MAX_ASPECT = 50
@@ -30,6 +33,28 @@ _TRANSPOSE = {
     7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_90,
 }
+
+
+def image_files(names: list[Path]) -> list[Path]:
+    """The image files the user named: files as given, a folder's image files (by suffix, sorted, not
+    recursive), and a glob pattern's matches (`'photos/*.jpg'`, quoted so the shell leaves it to us).
+
+    A folder or pattern without images is an error, so a typo never predicts on nothing."""
+    files: list[Path] = []
+    for name in names:
+        if name.is_dir():
+            found = sorted(p for p in name.iterdir() if p.is_file() and p.suffix.lower() in SUFFIXES)
+            if not found:
+                raise DataError(f"{name}: no image files in this folder ({', '.join(SUFFIXES)}); check the folder")
+            files += found
+        elif not name.exists() and glob.has_magic(str(name)):
+            found = sorted(Path(p) for p in glob.glob(str(name), recursive=True) if Path(p).is_file())
+            if not found:
+                raise DataError(f"{name}: no file matches this pattern; check the pattern")
+            files += found
+        else:
+            files.append(name)
+    return files
 
 
 def load_photo(
