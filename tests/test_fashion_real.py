@@ -48,6 +48,9 @@ def test_sweep_activations_tabulates_three_runs(tiny_fashion, tmp_path):
     assert list(res) == ["relu", "leaky_relu", "sigmoid"]
     table = (tmp_path / "sweep" / "sweep.md").read_text()
     for act, r in res.items():
-        assert f"| {act} | {r['best_val_acc']:.4f} |" in table and 0 <= r["test_acc"] <= 1
+        assert f"| {act} | {r['best_val_acc']:.2%} | {r['final_val_acc']:.2%} | {r['test_acc']:.2%} |" in table
+        assert f"| {r['time_s']:.1f} s |" in table and r["time_s"] > 0
     assert res["relu"]["best_val_acc"] > 0.9  # synthetic classes are easy for relu in 2 epochs
-    assert (tmp_path / "sweep" / "sweep.png").is_file()
+    assert (tmp_path / "sweep" / "sweep_curves.png").is_file()
+    results = json.loads((tmp_path / "sweep" / "sweep.json").read_text())  # not replaced by the figure's numbers
+    assert results["relu"]["run"] == str(tmp_path / "sweep" / "relu")

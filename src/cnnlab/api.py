@@ -212,7 +212,7 @@ def sweep_activations(
     **shortcuts: Any,
 ) -> dict[str, dict]:
     """Train one Fashion-MNIST run per activation (relu, leaky_relu, sigmoid) into `out` and tabulate
-    their validation and test accuracy (also written to sweep.md, sweep.json and a figure)."""
+    their validation and test accuracy and training time (also in sweep.md, sweep.json and sweep_curves.png)."""
     from .outputs import write_json
     from .report.figures import plot_sweep
 
@@ -230,14 +230,16 @@ def sweep_activations(
             "best_val_acc": res.best,
             "final_val_acc": hist[-1]["val_acc"],
             "test_acc": test["acc"] if test else None,
+            "time_s": hist[-1]["time_s"],
             "run": str(out / act),
         }
     write_json(out / "sweep.json", results)
-    lines = ["| activation | best val acc | final val acc | test acc |", "|---|---|---|---|"]
+    lines = ["| activation | best val acc | final val acc | test acc | training time |", "|---|--:|--:|--:|--:|"]
     lines += [
-        f"| {a} | {r['best_val_acc']:.4f} | {r['final_val_acc']:.4f} | {r['test_acc']:.4f} |"
+        f"| {a} | {r['best_val_acc']:.2%} | {r['final_val_acc']:.2%} | {r['test_acc']:.2%} | {r['time_s']:.1f} s |"
         for a, r in results.items()
     ]
     atomic_write(out / "sweep.md", lambda tmp: tmp.write_text("\n".join(lines) + "\n"))
-    plot_sweep({a: runs.read_history(out / a) for a in results}, out / "sweep")
+    # Not "sweep": the figure's numbers (NAME.json) would replace the results' sweep.json.
+    plot_sweep({a: runs.read_history(out / a) for a in results}, out / "sweep_curves")
     return results

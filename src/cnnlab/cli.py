@@ -59,12 +59,12 @@ def report(
 ) -> None:
     """Write RUN/report.html (self-contained: open it offline or copy it anywhere), or a comparison page."""
     from .outputs import check_file
-    from .report.compare import find_runs, write_compare
+    from .report.compare import write_compare
     from .report.run_page import write_report
 
     if compare:
         out = check_file(out or Path("compare.html"), "--out", "compare.html")
-        typer.echo(str(write_compare(find_runs(runs), out)))
+        typer.echo(str(write_compare(runs, out)))
         return
     if out is not None:
         raise CnnlabError("--out is for --compare; a run's report is always RUN/report.html")

@@ -259,7 +259,7 @@ def _sweep(sub: typer.Typer) -> None:
 
         results = api.sweep_activations(recipe, out, set_, progress=progress, epochs=epochs, limit=limit)
         for act, r in results.items():
-            typer.echo(f"{act:>10}: best val {r['best_val_acc']:.2%}  test {r['test_acc']:.2%}")
+            typer.echo(f"{act:>10}: best val {r['best_val_acc']:.2%}  test {r['test_acc']:.2%}  {r['time_s']:.0f}s")
 
 
 def task_app(task: str) -> typer.Typer:
