@@ -1,11 +1,13 @@
-"""`cnnlab serve`: the JSON API on real images, its refusals and limits, a folder run in a slot, the page in
-Chromium, a load test."""
+"""`cnnlab serve`: the JSON API on real images, its refusals and limits, a folder run in a slot, the model cards
+and samples, a load test. The page itself, in Chromium: tests/test_web_page.py."""
 
 from __future__ import annotations
 
 import base64
 import io
+import json
 import re
+import shutil
 import statistics
 import struct
 import subprocess
@@ -14,8 +16,9 @@ import threading
 import time
 import warnings
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -23,7 +26,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import one_error_line, run_cli
-from PIL import Image
+from PIL import Image, ImageOps
 
 from cnnlab import api, pretrained
 from cnnlab.config import load_config
@@ -32,9 +35,10 @@ from cnnlab.data.images import load_photo
 from cnnlab.interpret import grad_cam
 from cnnlab.predictions import classify
 from cnnlab.report.overlays import heat_overlay
-from cnnlab.runs import load_model
+from cnnlab.runs import load_model, load_run_config
 from cnnlab.segment import segment_photo
 from cnnlab.serve import Limits, create_app
+from cnnlab.serve_samples import FACADE_ABSENT, SAMPLE_MAX_BYTES
 from cnnlab.tasks import get_task
 
 with warnings.catch_warnings():
@@ -98,9 +102,11 @@ def _post(client, endpoint: str, data: bytes, name: str = "upload.jpg"):
     return client.post(f"/api/{endpoint}", files={"file": (name, data)})
 
 
-def _from_data_uri(uri: str) -> Image.Image:
-    assert uri.startswith("data:image/png;base64,")
-    return Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1])))
+def _from_data_uri(uri: str, fmt: str = "png") -> Image.Image:
+    assert uri.startswith(f"data:image/{fmt};base64,")
+    image = Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1])))
+    assert image.format == fmt.upper()
+    return image
 
 
 def _until(condition: Callable[[], bool], timeout: float = 30) -> None:
@@ -113,23 +119,30 @@ def _until(condition: Callable[[], bool], timeout: float = 30) -> None:
 # ---------------------------------------------------------------- the API
 
 
-def test_health_page_and_openapi(client):
+def test_health_page_and_openapi(client, runs):
     health = client.get("/api/health").json()
     assert health["status"] == "ok" and all(m["ready"] for m in health["models"].values())
     assert health["limits"] == {"max_upload_bytes": 20 * 2**20, "max_pixels": 40_000_000, "workers": 2, "queue": 16}
     for kind, run in (("classify", "fashion"), ("segment", "facade")):  # each slot says what the page shows
-        task = get_task(run)
+        task, cfg = get_task(run), load_run_config(runs[run])
+        card = {"shipped": False, "recipe": cfg.recipe, "split": task.split_description(cfg), "metrics": []}
         assert health["models"][kind] == {
             "ready": True, "name": run, "error": None, "task": run, "description": task.data_description,
-            "classes": list(task.classes), "colors": list(task.colors),
+            "classes": list(task.classes), "colors": list(task.colors), "card": card,
         }  # fmt: skip
     page = client.get("/")
     assert page.headers["content-type"].startswith("text/html")
-    assert "http://" not in page.text and "https://" not in page.text  # no CDN: the machine may be offline
     assert 'id="segment-file"' in page.text and 'id="classify-file"' in page.text
-    assert not re.search("fashion|facade|garment|clothing", page.text, re.IGNORECASE)  # it labels itself from health
+    parts = {name: client.get(f"/static/{name}") for name in ("serve.js", "serve.css")}
+    assert parts["serve.js"].headers["content-type"].startswith("text/javascript")
+    assert parts["serve.css"].headers["content-type"].startswith("text/css")
+    assert client.get("/static/other.js").status_code == 404
+    for text in (page.text, *(r.text for r in parts.values())):
+        assert "http://" not in text and "https://" not in text  # no CDN: the machine may be offline
+        assert not re.search("fashion|facade|garment|clothing", text, re.IGNORECASE)  # it labels itself from health
     paths = client.get("/openapi.json").json()["paths"]
-    assert set(paths) == {"/api/classify", "/api/segment", "/api/health"}  # the old names are aliases, not in it
+    # the old names are aliases, not in it
+    assert set(paths) == {"/api/classify", "/api/segment", "/api/health", "/api/samples", "/api/samples/{name}"}
     assert "multipart/form-data" in paths["/api/segment"]["post"]["requestBody"]["content"]
     assert "Served: fashion, trained on Fashion-MNIST" in paths["/api/classify"]["post"]["description"]
 
@@ -158,6 +171,14 @@ def test_facade_segments_a_real_photo_as_the_cli_does(client, runs, facade_photo
     confidence = _from_data_uri(d["confidence_png"])
     assert confidence.mode == "RGB" and confidence.size == overlay.size
     assert np.abs(np.asarray(confidence, float) - np.asarray(overlay, float)).mean() > 5  # another picture
+    # What the page blends at any opacity: the photo (JPEG), and the confidence alone at the working size
+    # (a 256 px photo is worked on as it is), which confidence_png is half of.
+    photo = np.asarray(_from_data_uri(d["photo_jpeg"], "jpeg"), float)
+    pixels = img.permute(1, 2, 0).numpy().astype(float)
+    assert photo.shape == pixels.shape and np.abs(photo - pixels).mean() < 3
+    heat = _from_data_uri(d["confidence_map_png"])
+    assert heat.mode == "RGB" and heat.size == (256, 256)
+    assert np.abs(0.5 * pixels + 0.5 * np.asarray(heat, float) - np.asarray(confidence, float)).max() <= 1
 
 
 def test_fashion_classifies_a_real_test_image_as_the_cli_does(client, runs, garment):
@@ -165,20 +186,25 @@ def test_fashion_classifies_a_real_test_image_as_the_cli_does(client, runs, garm
     r = _post(client, "classify", data, "garment.png")
     assert r.status_code == 200, r.text
     d = r.json()
-    assert d["notes"] == []  # a Fashion-MNIST image is used as it is
+    task = get_task("fashion")
+    prepared, notes = task.photo_input(x)  # as any user's image is prepared
+    assert d["notes"] == notes
     probabilities = [g["probability"] for g in d["top"]]
     assert len(d["top"]) == 3 and probabilities == sorted(probabilities, reverse=True) and sum(probabilities) <= 1
     model, _ = load_model(runs["fashion"])
-    expected = classify(model, get_task("fashion"), x)
+    expected = classify(model, task, prepared)
     assert [g["class"] for g in d["top"]] == [c for c, _ in expected]
     assert probabilities == pytest.approx([p for _, p in expected], abs=1e-5)
     # The page's toggle: the 28 px input under the Grad-CAM of the top class, shown 8x (224 px), the CAM
     # being the one `cnnlab explain` computes for that class.
     cam_png = np.asarray(_from_data_uri(d["cam_png"]))
     assert cam_png.shape == (224, 224, 3)
-    task = get_task("fashion")
-    cam = grad_cam(model, task.eval_inputs(x[None]), task.classes.index(expected[0][0]))[0]
-    assert np.array_equal(cam_png[::8, ::8], heat_overlay(x, cam))
+    cam = grad_cam(model, task.eval_inputs(prepared[None]), task.classes.index(expected[0][0]))[0]
+    assert np.array_equal(cam_png[::8, ::8], heat_overlay(prepared, cam))
+    # The page shows the model's input itself, 28x28 grey.
+    seen = _from_data_uri(d["input_png"])
+    assert seen.mode == "L" and seen.size == (28, 28)
+    assert np.array_equal(np.asarray(seen), prepared[0].numpy())
 
 
 REFUSED = {
@@ -403,73 +429,138 @@ def test_a_full_queue_answers_503_with_retry_after(runs, garment):
     assert app.state.gate.admitted == 0
 
 
+# ---------------------------------------------------------------- model cards and samples
+
+
+def test_a_shipped_model_shows_its_card():
+    """Shipped models (an app as `cnnlab serve` with no options runs it): the card's metrics, as `cnnlab models`."""
+    with TestClient(create_app()) as c:
+        models = c.get("/api/health").json()["models"]
+    for kind, name in (("classify", "fashion"), ("segment", "facade")):
+        written = json.loads((pretrained.models_dir() / name / "card.json").read_text())
+        card = models[kind]["card"]
+        assert (card["shipped"], card["recipe"], card["split"]) == (True, written["recipe"], written["split"])
+        headline = get_task(name).headline
+        assert [(m["split"], m["key"]) for m in card["metrics"]] == [(s, k) for s in ("val", "test") for k in headline]
+        for m in card["metrics"]:
+            label, fmt = headline[m["key"]]
+            assert m["value"] == written[m["split"]][m["key"]] and m["shown"] == fmt.format(m["value"])
+            assert (m["label"], m["images"]) == (label, written[m["split"]]["n"])
+    assert models["classify"]["card"]["metrics"][0]["label"] == "accuracy"
+    assert re.fullmatch(r"\d+\.\d\d%", models["classify"]["card"]["metrics"][0]["shown"])  # 94.60%
+
+
+def test_a_run_folder_shows_its_evaluations(runs, tmp_path):
+    run = shutil.copytree(runs["fashion"], tmp_path / "mine")
+    (run / "eval_val.json").write_text(json.dumps({"split": "val", "n": 16, "loss": 0.5, "acc": 0.8125}))
+    (run / "eval_test.json").write_text(json.dumps({"split": "test", "n": 20, "loss": 0.6, "acc": 0.75}))
+    with TestClient(create_app(run, runs["facade"])) as c:
+        card = c.get("/api/health").json()["models"]["classify"]["card"]
+    assert card["metrics"] == [
+        {"split": "val", "key": "acc", "label": "accuracy", "value": 0.8125, "shown": "81.25%", "images": 16},
+        {"split": "test", "key": "acc", "label": "accuracy", "value": 0.75, "shown": "75.00%", "images": 20},
+    ]
+    assert (card["shipped"], card["recipe"]) == (False, "seed-a")
+    (run / "eval_test.json").write_text("{ cut sh")  # a damaged card costs the card, not the model
+    with TestClient(create_app(run, runs["facade"])) as c:
+        slot = c.get("/api/health").json()["models"]["classify"]
+        assert slot["ready"] and slot["card"] is None
+        assert _post(c, "classify", _encoded("PNG", np.zeros((28, 28), np.uint8))).status_code == 200
+
+
+def _samples(c) -> dict[str, list[dict]]:
+    listed = c.get("/api/samples").json()
+    by_slot = {kind: [s for s in listed["samples"] if s["slot"] == kind] for kind in ("classify", "segment")}
+    return {**by_slot, "absent": listed["absent"]}
+
+
+def test_samples_fit_each_slots_model(client, runs, tiny_facade):
+    """Fashion-MNIST samples (shipped) for a fashion model; for a facade run, photos of its own test split."""
+    found = _samples(client)
+    assert found["absent"] == {}
+    assert [s["label"] for s in found["classify"]] == list(get_task("fashion").classes)  # one of each, in order
+    assert all(s["title"] == s["label"] and "MIT" in s["source"] for s in found["classify"])
+    cfg = load_run_config(runs["facade"])  # the tiny run's data: 12 files, a quarter of them its test split
+    test_names = get_task(cfg).load_data(cfg, progress=False)["test"].names
+    assert [s["name"] for s in found["segment"]] == [f"{name}.jpg" for name in test_names[:3]]
+    assert [s["title"] for s in found["segment"]] == ["test photo 1", "test photo 2", "test photo 3"]
+    for sample in found["classify"] + found["segment"]:
+        r = client.get(f"/api/samples/{sample['name']}")
+        assert r.status_code == 200 and len(r.content) < SAMPLE_MAX_BYTES
+        image = Image.open(io.BytesIO(r.content))
+        assert r.headers["content-type"] == f"image/{image.format.lower()}"
+        assert image.size == ((128, 128) if sample["slot"] == "classify" else (64, 64))
+    first = np.asarray(Image.open(io.BytesIO(client.get(f"/api/samples/{found['segment'][0]['name']}").content)))
+    photos = [np.asarray(Image.open(tiny_facade / s["name"]), float) for s in found["segment"][:2]]
+    # the photo itself, re-encoded (JPEG blurs the generated noise a little), not another one
+    assert np.abs(first - photos[0]).mean() < 8 < np.abs(first - photos[1]).mean()
+    for name in ("nothing.png", "eecs442_0000.png", "..%2F..%2Fpyproject.toml", "..%2Fsamples.json"):
+        r = client.get(f"/api/samples/{name}")
+        assert r.status_code == 404, r.text
+        if "%2F" not in name:  # a path of more parts is no sample's path at all: "Not Found"
+            assert r.json()["detail"] == f"no sample named '{name}'; GET /api/samples lists them"
+    with TestClient(create_app(runs["facade"], runs["fashion"])) as c:  # no model: no samples, and no reason
+        assert _samples(c) == {"classify": [], "segment": [], "absent": {}}
+
+
+def test_the_shipped_samples_are_fashion_mnist_test_images(client, real_fashion):
+    """What samples/README.md says of them: the first test image of each class, dark on white, 4x, framed."""
+    test = fashion.read_split(real_fashion, "t10k")
+    for sample in _samples(client)["classify"]:
+        index = int(re.fullmatch(r"fashion-mnist-test-(\d{4})\.png", sample["name"])[1])
+        label = int(test.y[index])
+        assert fashion.CLASSES[label] == sample["label"] and int((test.y[:index] == label).sum()) == 0
+        image = np.asarray(Image.open(io.BytesIO(client.get(f"/api/samples/{sample['name']}").content)), int)
+        made = Image.fromarray(255 - test.x[index][0].numpy()).resize((112, 112), Image.Resampling.LANCZOS)
+        made = np.asarray(ImageOps.expand(made, 8, fill=255), int)
+        assert image.shape == (128, 128) and np.abs(image - made).max() <= 1  # 1: another Pillow may round so
+
+
+def test_facade_samples_come_from_the_data_found_here(runs, real_facade, tmp_path, monkeypatch):
+    """The shipped facade model: three buildings of its test split, read from the data set, or a reason."""
+    with TestClient(create_app(runs["fashion"], "facade")) as c:
+        found = _samples(c)
+        photos = {s["name"]: c.get(f"/api/samples/{s['name']}").content for s in found["segment"]}
+    cfg = load_run_config(pretrained.models_dir() / "facade")
+    cfg.data.dir = str(real_facade)
+    test_names = set(get_task(cfg).load_data(cfg, progress=False)["test"].names)
+    assert len(photos) == 3 and {name.removesuffix(".jpg") for name in photos} <= test_names
+    assert len({int(name[-8:-4]) % 302 for name in photos}) == 3  # three buildings, not views of one
+    for name, data in photos.items():
+        assert len(data) < SAMPLE_MAX_BYTES
+        original = np.asarray(Image.open(real_facade / name), float)
+        assert np.abs(np.asarray(Image.open(io.BytesIO(data)), float) - original).mean() < 4
+    monkeypatch.setenv("CNNLAB_FACADE_DIR", str(tmp_path / "nowhere"))
+    with TestClient(create_app(runs["fashion"], "facade")) as c:
+        assert _samples(c)["segment"] == [] and _samples(c)["absent"] == {"segment": FACADE_ABSENT}
+
+
 # ---------------------------------------------------------------- the real server
 
 
-@pytest.fixture(scope="module")
-def server(runs, tmp_path_factory):
-    """`cnnlab serve --port 0` in a process of its own, as a user starts it; yields its URL and working folder."""
-    cwd, log = tmp_path_factory.mktemp("server-cwd"), tmp_path_factory.mktemp("server-log") / "stderr.txt"
-    args = ["serve", "--port", "0", "--classify", runs["fashion"], "--segment", runs["facade"]]
+@contextmanager
+def serving(args: Sequence[str | Path], cwd: Path) -> Iterator[str]:
+    """`cnnlab serve --port 0 ARGS` in a process of its own, as a user starts it, in `cwd`; yields its URL."""
+    log = cwd.parent / f"{cwd.name}-stderr.txt"
     with open(log, "w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "cnnlab", *map(str, args)], cwd=cwd, stdout=err, stderr=err)
+        cmd = [sys.executable, "-m", "cnnlab", "serve", "--port", "0", *map(str, args)]
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=err, stderr=err)
     try:
         _until(lambda: proc.poll() is not None or "Uvicorn running on" in log.read_text(), timeout=60)
         found = re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", log.read_text())
         assert found, log.read_text()
-        yield found.group(1), cwd
+        yield found.group(1)
     finally:
         proc.terminate()
         proc.wait(30)
 
 
-def test_page_in_headless_chromium(browser, server, facade_photo, garment, tmp_path):
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    url, _ = server
-    wait = WebDriverWait(browser, 30)
-    browser.get(url + "/")
-    wait.until(lambda d: d.find_element(By.ID, "segment-model").text.startswith("Model: "))
-    for kind, run in (("classify", "fashion"), ("segment", "facade")):  # labelled from the models it serves
-        task = get_task(run)
-        assert browser.find_element(By.ID, f"{kind}-title").text.endswith(f": {run}")
-        assert task.data_description in browser.find_element(By.ID, f"{kind}-model").text
-        legend = [li.text for li in browser.find_elements(By.CSS_SELECTOR, f"#{kind}-legend li")]
-        assert legend == list(task.classes)
-        assert f"these {len(task.classes)} classes" in browser.find_element(By.ID, f"{kind}-label").text
-    browser.find_element(By.ID, "segment-file").send_keys(str(facade_photo))
-    wait.until(
-        lambda d: d.execute_script(
-            "const img = document.getElementById('overlay');"
-            "return !document.getElementById('segment-result').hidden && img.complete && img.naturalWidth > 0"
-        )
-    )
-    assert browser.execute_script("return document.getElementById('overlay').naturalWidth") == 256
-    rows = [r.text for r in browser.find_elements(By.CSS_SELECTOR, "#areas tbody tr")]
-    assert [r.split()[0] for r in rows] == list(get_task("facade").classes)
-    shares = [float(td.text.rstrip(" %")) for td in browser.find_elements(By.CSS_SELECTOR, "#areas td.num")]
-    assert sum(shares) == pytest.approx(100, abs=0.5)
-
-    (tmp_path / "garment.png").write_bytes(garment[0])
-    browser.find_element(By.ID, "classify-file").send_keys(str(tmp_path / "garment.png"))
-    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#top tbody tr")) == 3)
-
-    # The explanation toggles swap each shown image for the model's view of it, and back.
-    for kind, img in (("classify", "classify-preview"), ("segment", "overlay")):
-        before = browser.execute_script(f"return document.getElementById('{img}').src")
-        browser.find_element(By.ID, f"{kind}-explain").click()
-        after = browser.execute_script(f"return document.getElementById('{img}').src")
-        assert after.startswith("data:image/png;base64,") and after != before
-        browser.find_element(By.ID, f"{kind}-explain").click()
-        assert browser.execute_script(f"return document.getElementById('{img}').src") == before
-
-    errors = [e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE"]
-    assert not errors, f"console errors: {errors}"
-    assert not browser.execute_script("return document.documentElement.scrollWidth > window.innerWidth")
-    shot = browser.execute_cdp_cmd("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True})
-    (tmp_path / "serve.png").write_bytes(base64.b64decode(shot["data"]))
-    print(f"screenshot: {tmp_path / 'serve.png'}")
+@pytest.fixture(scope="module")
+def server(runs, tmp_path_factory):
+    """The tiny runs served; yields the URL and the folder it runs in."""
+    cwd = tmp_path_factory.mktemp("server-cwd")
+    with serving(["--classify", runs["fashion"], "--segment", runs["facade"]], cwd) as url:
+        yield url, cwd
 
 
 def test_load_on_loopback(server, facade_photo, garment):

@@ -60,10 +60,12 @@ def test_answers_conform_to_the_schema(case):
 @pytest.mark.parametrize(
     ("method", "path", "status"),
     [("GET", "/", 200), ("GET", "/openapi.json", 200), ("POST", "/", 405), ("POST", "/openapi.json", 405),
-     ("GET", "/api", 404)],
+     ("GET", "/api", 404), ("GET", "/static/serve.js", 200), ("GET", "/static/serve.py", 404),
+     ("POST", "/static/serve.css", 405)],
 )  # fmt: skip
 def test_paths_outside_the_schema(method, path, status):
-    """The page and the schema itself are not in the schema: their answers, and errors near them, by hand."""
+    """The page, its script and style and the schema itself are not in the schema: their answers, and errors near
+    them, by hand."""
     with TestClient(APP) as c:
         r = c.request(method, path)
     assert r.status_code == status, r.text

@@ -11,62 +11,46 @@ under load_photo's pixel cap (400), and runs inference in at most `workers` thre
 requests waiting: past that it answers 503 with Retry-After rather than pile up work it cannot finish.
 Uploads stay in memory (multipart parts over 1 MB spool to the system temp folder while parsed).
 Every error answer, whatever raised it, is JSON {"detail": "one line"}, as the OpenAPI schema says.
+
+Beside this module: serve_models.py (the slots' models and their cards), serve_results.py (what an answer
+holds), serve_samples.py (images to try the page with), serve_schema.py (the answers' shapes), and the page
+itself, serve.html with static/serve.js and static/serve.css, which loads nothing from outside.
 """
 
 from __future__ import annotations
 
-import base64
 import io
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from functools import partial
 from importlib.resources import files
 from pathlib import Path
 from typing import Any, TypeVar
 
-import numpy as np
 import torch
 from fastapi import FastAPI, File, HTTPException, Request, UploadFile
+from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
-from PIL import Image
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import __version__, runs
-from .config import KINDS
-from .data.images import MAX_PIXELS, read_photo, shrink
-from .errors import CheckpointError, CnnlabError, DataError, NotAnImageError
-from .interpret import grad_cam
-from .predictions import classify
-from .pretrained import resolve_any, resolve_model
-from .report.overlays import heat_overlay
-from .runtime import Runtime, inference_runtime
-from .segment import MAX_SIDE as SEGMENT_MAX_SIDE
-from .segment import MAX_WORK_SIDE, label_png, segment_photo
-from .segment import MIN_SIDE as SEGMENT_MIN_SIDE
-from .serve_schema import (
-    BUG,
-    ERRORS,
-    OVERLAY_MAX_PX,
-    TOP,
-    ClassifyResult,
-    Guess,
-    Health,
-    ModelStatus,
-    SegmentResult,
-)
-from .tasks import Task, get_task
+from . import __version__
+from .data.images import MAX_PIXELS, read_photo
+from .errors import DataError, NotAnImageError
+from .serve_models import Served, load_served, model_status
+from .serve_results import Decode, classified, segmented
+from .serve_samples import SampleFile, find_samples
+from .serve_schema import BUG, ERRORS, NO_SAMPLE, TOP, ClassifyResult, Health, Samples, SegmentResult
 
-CAM_MIN_PX = 224  # px: the class activation map sent back is at least this large
 MULTIPART_SLACK = 64 * 1024  # boundaries and part headers around the file in a multipart body
 RETRY_AFTER_S = 2  # a facade photo takes ~0.1 s of CPU: a full queue has moved on by then
-DEFAULT_MODELS = {"classify": "fashion", "segment": "facade"}  # each slot's shipped model when none is given
 ALIASES = {"fashion": "classify", "facade": "segment"}  # the endpoints' names from before folder tasks, kept
 CLASSIFY_DOC = f"The {TOP} most likely classes of an image, made like the model's training images first (size, colour)."
 SEGMENT_DOC = "The class of every pixel of a photo, an overlay in the class colours and the area of each class."
+STATIC = {"serve.js": "text/javascript", "serve.css": "text/css"}  # the page's parts, in src/cnnlab/static
 HOW_TO_SEND = "send the image as the multipart/form-data field 'file', as curl -F file=@photo.jpg does"
 T = TypeVar("T")
 
@@ -77,43 +61,6 @@ class Limits:
     max_pixels: int = MAX_PIXELS
     workers: int = 2  # inferences at once: one per core of the 2-core CPU
     queue: int = 16  # requests waiting for a worker before new ones get 503
-
-
-@dataclass
-class Served:
-    """One slot's model as the server holds it, or why it holds none."""
-
-    kind: str  # the slot: "classify" or "segment"
-    task: Task | None = None
-    model: torch.nn.Module | None = None
-    name: str | None = None
-    error: str | None = None
-    runtime: Runtime = field(default_factory=inference_runtime)
-    # Grad-CAM hooks a layer of the shared model while it runs: no other request may use that model then.
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-
-def resolve_slot(ref: str | Path | None, kind: str) -> Path:
-    """The folder of a run or shipped model of `kind` (any dataset), or of the slot's default shipped model."""
-    if ref is None:
-        return resolve_model(None, DEFAULT_MODELS[kind])
-    folder = resolve_any(ref)
-    found = runs.load_run_config(folder).task
-    if KINDS[found] != kind:
-        raise CheckpointError(f"{ref}: a {found} model, not a {kind} one; serve it with --{KINDS[found]}")
-    return folder
-
-
-def load_served(ref: str | Path | None, kind: str) -> Served:
-    """A slot's model from a shipped name, a run folder or None (the default); a missing one is an error, not a
-    crash, so the other slot still serves."""
-    try:
-        folder = resolve_slot(ref, kind)
-        model, cfg = runs.load_model(folder)
-        task = get_task(cfg)
-    except CnnlabError as e:
-        return Served(kind, error=str(e))
-    return Served(kind, task, model, Path(folder).name)
 
 
 class Gate:
@@ -168,20 +115,6 @@ class BodyLimit:
         await self.app(scope, counted, send)
 
 
-def model_status(held: Served) -> ModelStatus:
-    """A slot as /api/health shows it: the page takes its headings, legend and upload labels from this."""
-    t = held.task
-    return ModelStatus(
-        ready=held.model is not None,
-        name=held.name,
-        error=held.error,
-        task=t.name if t else None,
-        description=t.data_description if t else None,
-        classes=list(t.classes) if t else [],
-        colors=list(t.colors) if t else [],
-    )
-
-
 def _shown(filename: str | None) -> str:
     """An upload's name as messages show it: one short line, since the client chose it."""
     return " ".join((filename or "").split())[:100] or "upload"
@@ -218,73 +151,62 @@ def _answer_errors_in_one_line(app: FastAPI) -> None:
     app.add_exception_handler(Exception, crash)
 
 
-def _data_uri(image: Image.Image) -> str:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG", compress_level=1)  # loopback or LAN: speed matters more than bytes
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-
-
-def _shrunk(overlay: np.ndarray, notes: list[str]) -> Image.Image:
-    image = Image.fromarray(overlay)
-    if max(image.size) > OVERLAY_MAX_PX:
-        image.thumbnail((OVERLAY_MAX_PX, OVERLAY_MAX_PX), Image.Resampling.LANCZOS)
-        notes.append(f"overlay sent at {image.width}x{image.height}; labels_png has the size segmented")
-    return image
-
-
-Decode = Callable[[str, int, int], tuple[torch.Tensor, list[str]]]  # (mode, min side, max side) -> image, notes
-
-
-def _confidence_overlay(img: torch.Tensor, confidence: torch.Tensor) -> np.ndarray:
-    """The photo, at most OVERLAY_MAX_PX (the page shows no more), half under its confidence map."""
-    small = shrink(img, OVERLAY_MAX_PX)
-    conf = torch.nn.functional.interpolate(confidence[None, None], size=small.shape[-2:], mode="bilinear")[0, 0]
-    return heat_overlay(small, conf, alpha=0.5, cmap="viridis", weighted=False)
-
-
-def classified(held: Served, decode: Decode) -> ClassifyResult:
-    """The top classes of an upload, decoded and prepared as the slot's task prepares any user's photo."""
-    task = held.task
-    img, notes = decode(task.photo_mode, *task.photo_sides)
-    x, more = task.photo_input(img)
-    with held.lock:
-        top = classify(held.model, task, x, top=TOP)
-        # Gradients need a tensor made outside inference mode (the gate runs requests inside it).
-        with torch.inference_mode(False):
-            inputs = task.eval_inputs(x[None].clone())
-            cam = grad_cam(held.model, inputs, task.classes.index(top[0][0]))[0]
-    seen = Image.fromarray(heat_overlay(x, cam))
-    if max(seen.size) < CAM_MIN_PX:  # a 28 px input shown with its pixels as squares, not a blur
-        factor = -(-CAM_MIN_PX // max(seen.size))
-        seen = seen.resize((seen.width * factor, seen.height * factor), Image.Resampling.NEAREST)
-    return ClassifyResult(
-        top=[Guess(class_=c, probability=p) for c, p in top], notes=notes + more, cam_png=_data_uri(seen)
-    )
-
-
-def segmented(held: Served, decode: Decode) -> SegmentResult:
-    """The label map, overlay and class areas of an upload."""
-    task = held.task
-    # Segment tasks have no photo_mode: a grey folder run was trained on grey images, every other one on RGB.
-    img, notes = decode("L" if task.channels == 1 else "RGB", SEGMENT_MIN_SIDE, SEGMENT_MAX_SIDE)
-    seg = segment_photo(held.model, task, img, notes, MAX_WORK_SIDE, rt=held.runtime)
-    return SegmentResult(
-        width=img.shape[2],
-        height=img.shape[1],
-        areas=seg.area,
-        colors=dict(zip(task.classes, task.colors, strict=True)),
-        overlay_png=_data_uri(_shrunk(seg.overlay, notes)),
-        confidence_png=_data_uri(Image.fromarray(_confidence_overlay(img, seg.confidence))),
-        labels_png=_data_uri(label_png(seg.labels, task)),
-        notes=notes,
-    )
-
-
 def _now_served(held: Served) -> str:
     """The slot's model, for its endpoint's description in /docs (the schema says what this server runs)."""
     if held.task is None:
         return f" No model is loaded: {held.error}"
     return f" Served: {held.name}, trained on {held.task.data_description}; classes: {', '.join(held.task.classes)}."
+
+
+def _add_page(app: FastAPI) -> None:
+    """The page and its script and style sheet: files of the package, read once, nothing from outside."""
+    folder = files(__package__)
+    page = folder.joinpath("serve.html").read_text()
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def index() -> str:
+        return page
+
+    static = {name: (folder.joinpath("static", name).read_bytes(), media) for name, media in STATIC.items()}
+
+    @app.get("/static/{name}", include_in_schema=False)
+    def static_file(name: str) -> Response:
+        if name not in static:
+            raise HTTPException(404, "Not Found")
+        return Response(static[name][0], media_type=static[name][1])
+
+
+def _add_samples(app: FastAPI, served: dict[str, Served]) -> None:
+    """GET /api/samples lists the images each slot's model can be tried on; /api/samples/{name} answers one."""
+    found: dict[str, SampleFile] = {}
+    absent = {}
+    for kind, held in served.items():
+        samples, why = find_samples(held.task, held.config)
+        found |= {s.info.name: s for s in samples}
+        if why:
+            absent[kind] = why
+    listed = Samples(samples=[s.info for s in found.values()], absent=absent)
+
+    @app.get("/api/samples")
+    def samples() -> Samples:
+        """Sample images for the served models, for a first try without an image of one's own."""
+        return listed
+
+    # The names are listed in the schema, so a client (and schemathesis) knows which exist.
+    name_schema = {"enum": sorted(found)} if found else None
+
+    @app.get(
+        "/api/samples/{name}",
+        response_class=Response,
+        responses={200: {"content": {"image/png": {}, "image/jpeg": {}}, "description": "The image."}, **NO_SAMPLE},
+    )
+    def sample(
+        name: str = PathParam(description="A name GET /api/samples lists.", json_schema_extra=name_schema),
+    ) -> Response:
+        """One sample image, as a file."""
+        if name not in found:
+            raise HTTPException(404, f"no sample named {_shown(name)!r}; GET /api/samples lists them")
+        return Response(found[name].data, media_type=found[name].media_type)
 
 
 def create_app(
@@ -333,11 +255,8 @@ def create_app(
         data, name = await read_upload(file)
         return await gate.run(lambda: work(held, partial(decode, data, name)))
 
-    page = files(__package__).joinpath("serve.html").read_text()
-
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    def index() -> str:
-        return page
+    _add_page(app)
+    _add_samples(app, served)
 
     @app.get("/api/health")
     def health() -> Health:

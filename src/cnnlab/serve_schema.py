@@ -26,6 +26,10 @@ class ClassifyResult(BaseModel):
         description="data: URI, the image as the model saw it with the Grad-CAM of the top class over it (red: the "
         "parts that speak most for that class), at least 224 px"
     )
+    input_png: str = Field(
+        description="data: URI, the model's input itself at its own size (28x28 grey for Fashion-MNIST): the "
+        "upload after the preparation `notes` lists"
+    )
 
 
 class SegmentResult(BaseModel):
@@ -41,7 +45,31 @@ class SegmentResult(BaseModel):
     labels_png: str = Field(
         description=f"data: URI, palette PNG at the photo's size (<= {SEGMENT_MAX_SIDE} px); pixel value = class index"
     )
+    photo_jpeg: str = Field(
+        description=f"data: URI, the photo itself at overlay_png's size (<= {OVERLAY_MAX_PX} px), for blending "
+        "labels_png or confidence_map_png over it at any opacity"
+    )
+    confidence_map_png: str = Field(
+        description="data: URI, the confidence alone in the colours of confidence_png, at the size the model "
+        "worked at (stretch it over photo_jpeg)"
+    )
     notes: list[str]
+
+
+class Metric(BaseModel):
+    split: str = Field(description="val or test: the model's held-out images its card reports on.")
+    key: str = Field(description="The metric's key in eval_SPLIT.json: acc, map, miou.")
+    label: str = Field(description="Its name for people: accuracy, mAP, mIoU.")
+    value: float
+    shown: str = Field(description="The value as the model card and `cnnlab models` write it.")
+    images: int | None = Field(description="How many images it was measured on.")
+
+
+class ModelCard(BaseModel):
+    shipped: bool = Field(description="A model shipped with cnnlab (its card.json), or a run folder (its eval files).")
+    recipe: str
+    split: str = Field(description="How its data was split into training, validation and test images.")
+    metrics: list[Metric] = Field(description="The task's headline metrics on validation, then test; empty if none.")
 
 
 class ModelStatus(BaseModel):
@@ -52,6 +80,7 @@ class ModelStatus(BaseModel):
     description: str | None = Field(description="Its training data, in one line.")
     classes: list[str] = Field(description="Its classes, in the order of its outputs; empty without a model.")
     colors: list[str] = Field(description="The #RRGGBB colour of each class, in the same order.")
+    card: ModelCard | None = Field(description="What the model scored and how it was trained; None without one.")
 
 
 class Health(BaseModel):
@@ -59,6 +88,21 @@ class Health(BaseModel):
     models: dict[str, ModelStatus] = Field(description="The classify and the segment slot.")
     limits: dict[str, int]
     busy: int = Field(description="Requests running or waiting for a worker now.")
+
+
+class Sample(BaseModel):
+    name: str = Field(description="Its file name: GET /api/samples/{name} answers the image.")
+    slot: str = Field(description="The endpoint whose model it suits: classify or segment.")
+    title: str = Field(description="What the page labels its button with.")
+    label: str | None = Field(description="Its class in its data set (classification), to compare the answer with.")
+    source: str = Field(description="Where it comes from and under which licence.")
+
+
+class Samples(BaseModel):
+    samples: list[Sample] = Field(description="Images to try each slot's model on, if it has any.")
+    absent: dict[str, str] = Field(
+        description="Per slot whose model could have samples but has none here: why, and where they would come from."
+    )
 
 
 class ErrorDetail(BaseModel):
@@ -84,3 +128,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     ),
 }
 BUG = {500: _error("A bug in the server; its log has the traceback.")}
+# "4XX" also keeps FastAPI from documenting its own 422 list, which a path of any string never gets.
+NO_SAMPLE = {
+    404: _error("No sample of that name here; GET /api/samples lists them."),
+    "4XX": _error("Any other refusal, such as a method other than GET (405)."),
+}
