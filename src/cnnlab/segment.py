@@ -233,7 +233,7 @@ def segment_files(
         seg = segment_photo(model, task, img, notes, max_side, views, rt, alpha)
         overlay = with_legend(Image.fromarray(seg.overlay), task, seg.area)
         side = Image.new("RGB", (2 * w, overlay.height), "white")
-        side.paste(Image.fromarray(img.permute(1, 2, 0).numpy()), (0, 0))
+        side.paste(Image.fromarray(img.expand(3, -1, -1).permute(1, 2, 0).numpy()), (0, 0))  # grey too
         side.paste(overlay, (w, 0))
         files = {
             "labels": (out_dir / f"{stem}_labels.png", _encoded(label_png(seg.labels, task), format="PNG")),

@@ -3,7 +3,8 @@ The pages are one run's report (`run_page.write_report`) and several runs side b
 (`compare.write_compare`).
 
 Everything a page shows is inside the one file (images as base64 data URIs, inline CSS, no scripts, no
-fonts), so report.html can be copied, mailed or opened offline and still shows every figure.
+fonts), so report.html can be copied, mailed or opened offline and still shows every figure. Every page
+also prints to a clean PDF (print.css).
 """
 
 from __future__ import annotations
@@ -47,7 +48,13 @@ def view_of(task: Task) -> _View:
     return _View(task.primary, task.primary_label, task.per_class, task.percent, colors)
 
 
-CSS = files(__package__).joinpath("report.css").read_text()  # one stylesheet for every page
+# One stylesheet for every page and its print layout; the run report adds the styles of its own parts.
+CSS = files(__package__).joinpath("report.css").read_text() + files(__package__).joinpath("print.css").read_text()
+RUN_CSS = files(__package__).joinpath("run_page.css").read_text()
+# Figures are drawn at figures.DPI (150) but shown at the size they had at 110 dpi, where their 7-8 pt
+# labels read well; the extra pixels make them sharp in print and on high-density screens.
+SHOWN_DPI = 110
+FOOTER = "Self-contained: every image is embedded in this file."
 
 
 # ---------------------------------------------------------------- small helpers
@@ -144,9 +151,11 @@ def _open_image(path: Path) -> Image.Image:
 
 
 def _png_tag(path: Path) -> tuple[str, tuple[int, int]]:
-    """An <img> for a figure PNG, embedded byte for byte."""
+    """An <img> for a figure PNG, embedded byte for byte, and its size as shown (CSS px): SHOWN_DPI
+    pixels per inch of the figure, by the dpi in the PNG (a PNG without one is shown pixel for pixel)."""
     with _open_image(path) as im:
-        size = im.size
+        dpi = im.info.get("dpi", (SHOWN_DPI, SHOWN_DPI))[0]
+        size = tuple(round(side * SHOWN_DPI / dpi) for side in im.size)
     return _img(_data_uri(path.read_bytes(), "image/png"), path.stem, size), size
 
 
@@ -187,8 +196,9 @@ def _card(key: str, value: str, sub: str = "") -> str:
     return f'<div class="card"><div class="k">{escape(key)}</div><div class="v">{escape(value)}</div>{sub_html}</div>'
 
 
-def _page(title: str, header: str, sections: list[tuple[str, str, str]]) -> str:
-    """sections: (anchor, title, html) in order; the table of contents links them."""
+def _page(title: str, header: str, sections: list[tuple[str, str, str]], *, css: str = "", footer: str = FOOTER) -> str:
+    """sections: (anchor, title, html) in order; the table of contents links them. `css`: styles added to
+    the common ones; `footer`: the line after the date."""
     toc = "".join(f'<li><a href="#{a}">{escape(t)}</a></li>' for a, t, _ in sections)
     body = "".join(f'<section id="{a}"><h2>{escape(t)}</h2>{h}</section>' for a, t, h in sections)
     stamp = datetime.now().strftime("%Y-%m-%d %H:%M")
@@ -196,10 +206,9 @@ def _page(title: str, header: str, sections: list[tuple[str, str, str]]) -> str:
         '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         # An empty icon: otherwise the browser asks for /favicon.ico, an error when opened as a file.
-        f'<link rel="icon" href="data:,"><title>{escape(title)}</title><style>{CSS}</style></head>'
+        f'<link rel="icon" href="data:,"><title>{escape(title)}</title><style>{CSS}{css}</style></head>'
         f'<body><main>{header}<nav class="toc" aria-label="contents"><ol>{toc}</ol></nav>{body}'
-        f"<footer>Written by cnnlab {__version__} on {stamp}. Self-contained: every image is embedded in this "
-        "file.</footer></main></body></html>\n"
+        f"<footer>Written by cnnlab {__version__} on {stamp}. {escape(footer)}</footer></main></body></html>\n"
     )
 
 

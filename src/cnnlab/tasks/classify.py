@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -59,22 +60,24 @@ class ClassifyTask(Task):
         return f"loss {m['loss']:.4f}  acc {m['acc']:.2%}"
 
     def report_training(self, run_dir: Path, history: list[dict], model: torch.nn.Module, cfg: RunConfig) -> None:
-        out = run_dir / "figures"
-        figures.plot_curves(history, out / "curves")
-        epochs = [r for r in history if r["kind"] == "epoch"]
-        figures.plot_per_class_over_epochs(
-            [r["epoch"] for r in epochs],
-            [r["val_per_class_acc"] for r in epochs],
-            self.classes,
-            out / "per_class_val_acc_over_epochs",
-            "accuracy",
-        )
         from ..report.explanations import deep_filters
 
+        out = run_dir / "figures"
+        epochs = [r for r in history if r["kind"] == "epoch"]
         conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
         o, c, k, _ = conv.weight.shape
-        figures.plot_filters(conv.weight, out / "filters_conv1", f"conv1: {o} filters of {c}x{k}x{k}")
-        deep_filters(model, out)
+        with figures.pdf_copies():
+            figures.plot_curves(history, out / "curves")
+            figures.plot_learning_rate(history, out / "learning_rate", cfg.optim.schedule)
+            figures.plot_per_class_over_epochs(
+                [r["epoch"] for r in epochs],
+                [r["val_per_class_acc"] for r in epochs],
+                self.classes,
+                out / "per_class_val_acc_over_epochs",
+                "accuracy",
+            )
+            figures.plot_filters(conv.weight, out / "filters_conv1", f"conv1: {o} filters of {c}x{k}x{k}")
+            deep_filters(model, out)
 
     def report_split(
         self, run_dir: Path, split: str, data: Split, probs: torch.Tensor, metrics: dict, model: torch.nn.Module
@@ -83,18 +86,19 @@ class ClassifyTask(Task):
         conf, pred = probs.max(1)
         y = data.targets
         cm = confusion_matrix(pred, y, len(self.classes))
-        figures.plot_confusion(cm, self.classes, out / f"confusion_{split}", f"{split} confusion matrix")
-        figures.plot_examples(data.x, y, pred, conf, self.classes, out / f"examples_{split}")
-        columns = {}
-        for s in ("val", "test"):
-            path = run_dir / f"eval_{s}.json"
-            if path.is_file():
-                import json
-
-                columns[s] = json.loads(path.read_text())["per_class_acc"]
-        figures.plot_per_class_table(columns, self.classes, out / "per_class_accuracy", "Per-class accuracy")
+        columns = {s: e["per_class_acc"] for s in ("val", "test") if (e := _read_eval(run_dir, s)) is not None}
+        with figures.pdf_copies():
+            figures.plot_confusion(cm, self.classes, out / f"confusion_{split}", f"{split} confusion matrix")
+            figures.plot_examples(data.x, y, pred, conf, self.classes, out / f"examples_{split}")
+            figures.plot_per_class_table(columns, self.classes, out / "per_class_accuracy", "Per-class accuracy")
 
     def report_explanations(self, run_dir, split, data, probs, model, cfg) -> None:
         from ..report.explanations import classify_explanations
 
-        classify_explanations(self, run_dir, split, data, probs, model, cfg)
+        with figures.pdf_copies():
+            classify_explanations(self, run_dir, split, data, probs, model, cfg)
+
+
+def _read_eval(run_dir: Path, split: str) -> dict[str, Any] | None:
+    path = run_dir / f"eval_{split}.json"
+    return json.loads(path.read_text()) if path.is_file() else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -11,6 +12,8 @@ import torch.nn.functional as F
 from ..config import RunConfig
 from ..data import Rows, Split
 from ..data.augment import seg_augment
+from ..data.facade import group_keys
+from ..errors import DataError
 from ..metrics import confusion_matrix, iou_per_class, per_class_average_precision, pixel_accuracy
 from ..report import figures
 from . import Task, nll
@@ -48,6 +51,29 @@ def per_image_iou(
     inter = cm.diagonal(dim1=1, dim2=2)
     union = cm.sum(1) + cm.sum(2) - inter
     return (inter / union).nanmean(1)
+
+
+def case_groups(spec: str | None, names: list[str]) -> list[int]:
+    """Each image's group by a run's group spec (data.group_key: the views of one building share one),
+    so that success and failure cases show different groups; every image is its own group without a
+    spec, or where the names do not follow it (an external folder)."""
+    try:
+        return group_keys(names, spec or "file")
+    except DataError:
+        return list(range(len(names)))
+
+
+def _one_per_group(order: list[int], groups: Sequence[int], k: int, taken: set[int]) -> list[int]:
+    """The first `k` images of `order` not in `taken`, at most one of each group."""
+    picked: list[int] = []
+    seen: set[int] = set()
+    for i in order:
+        if i not in taken and groups[i] not in seen:
+            picked.append(i)
+            seen.add(groups[i])
+            if len(picked) == k:
+                break
+    return picked
 
 
 def dice_loss(logits: torch.Tensor, y: torch.Tensor, ignore_index: int | None = None) -> torch.Tensor:
@@ -151,56 +177,67 @@ class SegmentTask(Task):
 
     def report_training(self, run_dir: Path, history: list[dict], model: torch.nn.Module, cfg: RunConfig) -> None:
         out = run_dir / "figures"
-        figures.plot_curves(history, out / "curves", metric="map", metric_label="mean AP")
-        epochs = [r for r in history if r["kind"] == "epoch"]
-        figures.plot_per_class_over_epochs(
-            [r["epoch"] for r in epochs],
-            [r["val_ap"] for r in epochs],
-            self.classes,
-            out / "ap_per_class_over_epochs",
-            "AP",
-            colors=["#555555" if c == "#000000" else c for c in self.colors],
-        )
+        with figures.pdf_copies():
+            figures.plot_curves(history, out / "curves", metric="map", metric_label="mean AP")
+            figures.plot_learning_rate(history, out / "learning_rate", cfg.optim.schedule)
+            epochs = [r for r in history if r["kind"] == "epoch"]
+            figures.plot_per_class_over_epochs(
+                [r["epoch"] for r in epochs],
+                [r["val_ap"] for r in epochs],
+                self.classes,
+                out / "ap_per_class_over_epochs",
+                "AP",
+                colors=["#555555" if c == "#000000" else c for c in self.colors],
+            )
 
     def report_split(
         self, run_dir: Path, split: str, data: Split, probs: torch.Tensor, metrics: dict, model: torch.nn.Module
     ) -> None:
+        from ..runs import load_run_config  # here: runs imports the tasks
+
         out = run_dir / "figures"
         pred = probs.argmax(1)
         y = data.targets
         keep = slice(None) if self.ignore_index is None else y != self.ignore_index
         cm = confusion_matrix(pred[keep], y[keep], len(self.classes))
-        figures.plot_confusion(cm, self.classes, out / f"confusion_{split}", f"{split} pixel confusion")
-        figures.plot_per_class_table(
-            {"AP": metrics["ap"], "IoU": metrics["iou"]},
-            self.classes,
-            out / f"ap_iou_{split}",
-            f"{split}: mean AP {metrics['map']:.3f}, mean IoU {metrics['miou']:.3f}",
-        )
         scores = per_image_iou(pred, y, len(self.classes), self.ignore_index)
-        for name, pick in self.cases(scores).items():
-            figures.plot_segmentation_cases(
-                data.x[pick],
-                y[pick],
-                pred[pick],
-                scores[pick].tolist(),
-                [data.names[i] for i in pick],
+        groups = case_groups(load_run_config(run_dir).data.group_key, data.names)
+        with figures.pdf_copies():
+            figures.plot_confusion(cm, self.classes, out / f"confusion_{split}", f"{split} pixel confusion")
+            figures.plot_per_class_table(
+                {"AP": metrics["ap"], "IoU": metrics["iou"]},
                 self.classes,
-                [hex_to_rgb(c) for c in self.colors],
-                out / f"{name}_{split}",
-                f"{'Success' if name == 'best' else 'Failure'} cases ({split}, by per-image mean IoU)",
+                out / f"ap_iou_{split}",
+                f"{split}: mean AP {metrics['map']:.3f}, mean IoU {metrics['miou']:.3f}",
             )
+            for name, pick in self.cases(scores, groups).items():
+                figures.plot_segmentation_cases(
+                    data.x[pick],
+                    y[pick],
+                    pred[pick],
+                    scores[pick].tolist(),
+                    [data.names[i] for i in pick],
+                    self.classes,
+                    [hex_to_rgb(c) for c in self.colors],
+                    out / f"{name}_{split}",
+                    f"{'Success' if name == 'best' else 'Failure'} cases ({split}, by mean IoU; one per group)",
+                )
         figures.write_json(out / f"per_image_iou_{split}.json", dict(zip(data.names, scores.tolist(), strict=True)))
 
     @staticmethod
-    def cases(scores: torch.Tensor) -> dict[str, list[int]]:
-        """The success and failure cases: the (up to 3) images of highest and of lowest mean IoU."""
+    def cases(scores: torch.Tensor, groups: Sequence[int]) -> dict[str, list[int]]:
+        """The success and failure cases: the (up to 3) images of highest and of lowest mean IoU, at most
+        one of each group in each list (`groups`: each image's group; a building's three views would
+        otherwise fill a row with one facade) and no image in both, unless there is only one."""
         order = scores.argsort(descending=True).tolist()
-        k = min(3, len(order) // 2) or 1
-        return {"best": order[:k], "worst": order[::-1][:k]}
+        k = min(3, len(set(groups)) // 2) or 1
+        best = _one_per_group(order, groups, k, set())
+        return {"best": best, "worst": _one_per_group(order[::-1], groups, k, set(best)) or order[-1:]}
 
     def report_explanations(self, run_dir, split, data, probs, model, cfg) -> None:
         from ..report.explanations import segment_explanations
 
         scores = per_image_iou(probs.argmax(1), data.targets, len(self.classes), self.ignore_index)
-        segment_explanations(self, run_dir, split, data, probs, model, self.cases(scores), scores.tolist())
+        cases = self.cases(scores, case_groups(cfg.data.group_key, data.names))
+        with figures.pdf_copies():
+            segment_explanations(self, run_dir, split, data, probs, model, cases, scores.tolist())
