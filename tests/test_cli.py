@@ -103,13 +103,17 @@ def test_predict_any_image(tmp_path, tiny_fashion):
         progress=False,
         finish=False,
     ).run_dir
-    # A light-background colour photo of "class 3" (a bar at rows 8..10), big and not square.
+    # A colour photo of a "class 3" image (a bar at rows 8..10 of its noisy square), dark on a light
+    # background with a margin, big and not square: it is found, cropped and inverted back.
+    rng = np.random.default_rng(0)
+    square = rng.integers(0, 60, (28, 28))
+    square[8:11, 4:24] += 180
     img = np.full((120, 90, 3), 240, np.uint8)
-    img[int(120 * 8 / 28) : int(120 * 11 / 28), 10:80] = (20, 40, 60)
+    img[18:102, 3:87] = (255 - square).repeat(3, 0).repeat(3, 1)[..., None] * np.array([1.0, 0.95, 0.9])
     Image.fromarray(img).save(tmp_path / "photo.jpg")
     r = cnnlab("fashion", "predict", run, tmp_path / "photo.jpg", "--top", 2)
     assert r.returncode == 0, r.stderr
-    assert "inverted" in r.stdout and "resized" in r.stdout and "padded 90x120" in r.stdout
+    assert "cropped to the garment (8" in r.stdout and "of 90x120)" in r.stdout and "inverted" in r.stdout
     assert r.stdout.splitlines()[0].split(": ")[1].startswith(("Dress", "Pullover", "Coat"))  # classes 2-4
     (tmp_path / "bad.png").write_text("not an image")
     r = cnnlab("fashion", "predict", run, tmp_path / "bad.png")

@@ -170,7 +170,7 @@ def test_convertible_photos_are_used_with_a_note(runs, task, case, note, tmp_pat
     )
     assert code == 0, err
     if (task, case) == ("fashion", "grey"):
-        note = "resized"  # grey is what the classifier takes: nothing to convert
+        note = "no garment found"  # grey needs no converting, and in random pixels no garment stands out
     assert note.lower() in out.lower(), out
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from ..config import RunConfig
 from ..data import Split
@@ -11,6 +10,7 @@ from ..data import fashion as data
 from ..data.images import shrink
 from . import palette
 from .classify import ClassifyTask
+from .fashion_photo import prepare
 
 MIN_SIDE = 8  # px: below this a photo holds no garment worth guessing (Fashion-MNIST)
 # px: 10x the 28 px the model sees, so each of its pixels still averages 100 or more; a larger image
@@ -19,34 +19,19 @@ MAX_SIDE = 280
 
 
 def fashion_pixels(img: torch.Tensor, notes: list[str]) -> tuple[torch.Tensor, list[str]]:
-    """A user's decoded uint8 (1,H,W) grey image -> (1,28,28) like Fashion-MNIST; adds to `notes` what it did.
+    """A user's decoded uint8 (1,H,W) grey photo -> (1,28,28) like Fashion-MNIST; adds to `notes` what it did.
 
     An image over MAX_SIDE px on a side is shrunk first, so the work stays small whatever the caller
     decoded (`read_photo(..., max_side=MAX_SIDE)` spares the memory of decoding it at full size).
+    The garment is then found, cropped, centred and normalised as the dataset's were (`fashion_photo`).
     """
     _, h, w = img.shape
-    # The border colour is the background: pad with it so the garment keeps its aspect ratio.
-    border = torch.cat([img[0, 0], img[0, -1], img[0, :, 0], img[0, :, -1]]).float()
-    background = float(border.median())
     if max(h, w) > MAX_SIDE:
         img = shrink(img, MAX_SIDE)
         notes.append(f"downscaled {w}x{h} to {img.shape[2]}x{img.shape[1]}")
-        _, h, w = img.shape
-    if h != w:
-        side = max(h, w)
-        canvas = torch.full((1, side, side), background, dtype=torch.float32)
-        top, left = (side - h) // 2, (side - w) // 2
-        canvas[:, top : top + h, left : left + w] = img.float()
-        notes.append(f"padded {w}x{h} to a {side}x{side} square with the background colour")
-    else:
-        canvas = img.float()
-    if (h, w) != (28, 28):
-        canvas = F.interpolate(canvas[None], size=(28, 28), mode="area")[0]
-        notes.append(f"resized {max(h, w)}x{max(h, w)} to 28x28")
-    if background > 127:
-        canvas = 255 - canvas
-        notes.append("inverted: the background is light, Fashion-MNIST garments are light on black")
-    return canvas.round().clamp(0, 255).to(torch.uint8), notes
+    x, more = prepare(img)
+    notes.extend(more)
+    return x, notes
 
 
 class FashionTask(ClassifyTask):
@@ -72,5 +57,5 @@ class FashionTask(ClassifyTask):
     photo_sides = (MIN_SIDE, MAX_SIDE)
 
     def photo_input(self, img: torch.Tensor) -> tuple[torch.Tensor, list[str]]:
-        """Any grey photo -> 28x28 like Fashion-MNIST: centred on a square, light garment on black."""
+        """Any grey photo of one garment -> 28x28 like Fashion-MNIST: cropped to it, centred, light on black."""
         return fashion_pixels(img, [])
