@@ -113,9 +113,9 @@ def test_any_shortcut_value_is_taken_as_typed_or_refused_in_one_line(monkeypatch
     [
         (["models", "--bogus"], "No such option: --bogus; see `cnnlab models --help`"),
         (["fashion", "train", "--epochs", "x"], "Invalid value for '--epochs'"),
-        (["fashion", "predict"], "Missing argument '[RUN] IMAGE'; see `cnnlab fashion predict --help`"),
+        (["fashion", "predict"], "Missing argument '[RUN] IMAGE...'; see `cnnlab fashion predict --help`"),
         (["serve", "--port", "99999"], "Invalid value for '--port'"),
-        (["fashion", "evaluate"], "Missing argument 'run'"),
+        (["fashion", "evaluate"], "Missing argument 'RUN'"),
         (["fashion", "evaluate", "x", "--split", "train"], "Invalid value for '--split'"),
         (["fashion", "evaluate", "x", "--checkpoint", "first"], "Invalid value for '--checkpoint'"),
     ],
