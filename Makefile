@@ -28,9 +28,10 @@ $(STAMP): pyproject.toml
 demo: install
 	$(BIN)/cnnlab fashion train --recipe seed-a --epochs 3 --out runs/demo-fashion-$$(date +%Y%m%d-%H%M%S)
 
+# Two workers: most tests run one core's worth of Python (figures, decoding, start-up), so two halve the wait.
 test: install
 	$(BIN)/ruff check src tests
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2
 
 test-slow: install
 	$(BIN)/pytest -q -m slow
