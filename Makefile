@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP  := $(VENV)/.installed
 
-.PHONY: install system-deps demo test test-slow lint clean
+.PHONY: install system-deps demo test test-slow test-hosts lint clean
 
 install: $(STAMP)
 
@@ -15,6 +15,9 @@ system-deps:
 	sh scripts/install-browser.sh
 	@if command -v apt-get >/dev/null 2>&1 && ! dpkg -s dataset-fashion-mnist >/dev/null 2>&1; then \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist; fi
+	@# ip (network namespaces) and pgrep: the two-host torchrun tests (make test-hosts)
+	@if command -v apt-get >/dev/null 2>&1 && ! (command -v ip && command -v pgrep) >/dev/null 2>&1; then \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq iproute2 procps; fi
 
 # torch is installed on its own, pinned: an unpinned resolve pulls a multi-GB CUDA build.
 $(STAMP): pyproject.toml
@@ -35,6 +38,10 @@ test: install
 
 test-slow: install
 	$(BIN)/pytest -q -m slow
+
+# torchrun over two hosts made of network namespaces (root): about 4 minutes, so not in `make test`; CI runs it.
+test-hosts: install
+	$(BIN)/pytest -q -m slow tests/test_two_hosts.py
 
 lint: install
 	$(BIN)/ruff check src tests

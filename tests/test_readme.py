@@ -73,7 +73,7 @@ SHARED_RE = re.compile(r"(?<![^\s=])\.\./shared/")  # data next to the checkout,
 RUN_REF_RE = re.compile(r"(?<![\w/.-])runs/[\w.-]+")
 PLACEHOLDER_RE = re.compile(r"<[^>]*>|\bRUN\d*\b|\bHOST\d*\b")
 SKIP_MAKE = "`make demo` / `make test` install everything and run this suite"
-SKIP_MULTIHOST = "needs two hosts; tests/test_distributed.py covers multi-process"
+SKIP_MULTIHOST = "needs two hosts: tests/test_two_hosts.py runs it over two network namespaces (make test-hosts)"
 
 
 # ---------------------------------------------------------------- reading the README

@@ -5,6 +5,7 @@ fraction of a second instead of the ~1.5 s importing torch takes."""
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -243,6 +244,17 @@ def _plain_help(command: Command) -> Command:
     return command
 
 
+def _exit(code: int) -> None:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # A torchrun worker: its files are written and closed, but the C++ teardown of gloo's threads at
+        # interpreter exit can still abort it ("terminate called without an active exception", SIGABRT),
+        # which torchrun reports as a failed job. Leave without that teardown.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 def main() -> None:
     """The `cnnlab` command: any CnnlabError is one `cnnlab: error:` line and exit code 2."""
     warnings.showwarning = _warning_line
@@ -250,16 +262,16 @@ def main() -> None:
         # Not standalone: click's usage errors come here, to be one line like every other error.
         code = _plain_help(typer.main.get_command(app)).main(prog_name="cnnlab", standalone_mode=False)
     except typer.Abort:
-        sys.exit(130)
+        _exit(130)
     except typer.TyperException as e:  # a usage error from the click that typer carries inside
         ctx = getattr(e, "ctx", None)
         command = ctx.command_path if ctx else "cnnlab"
         message = " ".join(e.format_message().replace("Value error, ", "").split()).rstrip(".")
         typer.echo(f"cnnlab: error: {message}; see `{command} --help`", err=True)
-        sys.exit(2)
+        _exit(2)
     except CnnlabError as e:
         typer.echo(f"cnnlab: error: {' '.join(str(e).split())}", err=True)
-        sys.exit(2)
+        _exit(2)
     except (MemoryError, RuntimeError) as e:
         # numpy raises MemoryError, torch's allocator a RuntimeError: either way the work did not fit.
         if not isinstance(e, MemoryError) and "can't allocate memory" not in str(e):
@@ -269,5 +281,5 @@ def main() -> None:
             "so images are read from the memory map",
             err=True,
         )
-        sys.exit(2)
-    sys.exit(code if isinstance(code, int) else 0)
+        _exit(2)
+    _exit(code if isinstance(code, int) else 0)

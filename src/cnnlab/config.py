@@ -116,7 +116,7 @@ class TrainConfig(_Strict):
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     channels_last: bool | None = None
     threads: int | None = Field(None, gt=0)
-    eval_batch_size: int = Field(512, gt=0)
+    eval_batch_size: int = Field(256, gt=0)
     checkpoint_every_s: float = Field(60.0, gt=0.0)
     tta_flip: bool = False
     tta_shift: int = Field(
@@ -128,6 +128,12 @@ class TrainConfig(_Strict):
         description="segmentation: final evaluations average over the image resized by each factor",
     )
     tensorboard: bool = False
+    dist_timeout_s: float = Field(
+        1800.0,
+        gt=0.0,
+        description="many processes (torchrun): how long one waits for the others in a collective before the "
+        "run stops with an error; must exceed process 0's longest validation and end-of-run figures",
+    )
 
 
 class ExplainConfig(_Strict):

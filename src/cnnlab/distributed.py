@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -47,14 +48,34 @@ class Dist:
         return box[0]
 
 
-def init(device: str) -> Dist:
-    """Join the process group that torchrun describes in the environment; a plain run gets world size 1."""
+def init(device: str, timeout_s: float) -> Dist:
+    """Join the process group that torchrun describes in the environment; a plain run gets world size 1.
+    A collective that waits for the others longer than `timeout_s` raises (a lost host or link)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return Dist()
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+        backend = "nccl" if device.startswith("cuda") else "gloo"
+        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
     return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def job_id() -> str | None:
+    """torchrun's `--rdzv-id`: the same on every host and across the job's restarts (None: not torchrun,
+    or no id given)."""
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID")
+    return run_id if run_id not in (None, "", "none") else None
+
+
+def restarts() -> int:
+    """How many times torchrun (`--max-restarts`) has restarted this host's workers after a failure. A
+    host whose own workers were healthy is restarted as a membership change, which this does not count."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+
+
+def is_restart_of(env: dict) -> bool:
+    """Whether this process is torchrun restarting the job that wrote a run's environment record `env`."""
+    return restarts() > 0 or (job_id() is not None and env.get("torchrun_job") == job_id())
 
 
 def shutdown() -> None:

@@ -20,12 +20,12 @@ from torch.nn.parallel import DistributedDataParallel
 
 from . import checkpoint, distributed
 from .config import RunConfig, dump_config
-from .errors import CheckpointError, ConfigError, DataError, TrainingError
+from .errors import ConfigError, DataError, TrainingError
 from .evaluation import check_input_size, evaluate, evaluate_split
 from .loop import EpochSums, LoopState, StopRequest, TrainResult, console, epoch_order, progress_bars, seeded
 from .optim import lr_at, make_optimizer, match_state_layout
-from .outputs import check_dir, write_json
-from .runs import MetricsLog, RunPaths, default_run_dir, load_run_config, load_weights, read_history
+from .outputs import write_json
+from .runs import MetricsLog, RunPaths, load_weights, open_run, read_history
 from .runtime import environment, make_runtime
 from .tasks import get_task
 
@@ -46,23 +46,9 @@ class Trainer:
         epochs: int | None = None,
         data_dir: str | Path | None = None,
     ):
-        self.dist = distributed.init(device)
         self.created = False  # whether this process made the run folder (and may remove it if nothing was saved)
-        if resume:
-            if run_dir is None:
-                raise CheckpointError("--resume needs a run folder")
-            cfg = load_run_config(run_dir)
-            if data_dir is not None:
-                cfg.data.dir = str(Path(data_dir).expanduser().absolute())
-        else:
-            if epochs is not None or data_dir is not None:
-                raise ConfigError("epochs and data_dir are for resuming; set them in the configuration of a new run")
-            run_dir = check_dir(run_dir or default_run_dir(cfg), "--out")
-            if RunPaths(run_dir).config.exists():
-                raise CheckpointError(f"{run_dir}: already holds a run; use --resume {run_dir} or another --out folder")
-            if cfg.data.dir is not None:
-                # Stored absolute: resume and evaluate run from any working folder.
-                cfg.data.dir = str(Path(cfg.data.dir).expanduser().absolute())
+        cfg, run_dir, resume, restarted = open_run(cfg, run_dir, resume=resume, epochs=epochs, data_dir=data_dir)
+        self.dist = distributed.init(device, cfg.train.dist_timeout_s)
         self.cfg = cfg
         self.run_dir = Path(self.dist.broadcast(str(run_dir)))
         self.paths = RunPaths(self.run_dir)
@@ -97,14 +83,15 @@ class Trainer:
             self.opt.load_state_dict(saved["optim"])
             match_state_layout(self.opt)
             self.state = LoopState.from_dict(saved["state"])
-            self.log = (
-                MetricsLog(self.paths.metrics, truncate_at=self.state.metrics_offset) if self.dist.main else None
-            )
+            self.log = MetricsLog(self.paths.metrics, truncate_at=self.state.metrics_offset) if self.dist.main else None
         elif self.dist.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self.created = True
             dump_config(cfg, self.paths.config)
-            write_json(self.paths.env, {**environment(self.rt), "processes": self.dist.world})
+            write_json(
+                self.paths.env,
+                {**environment(self.rt), "processes": self.dist.world, "torchrun_job": distributed.job_id()},
+            )
             if self.task.skipped:
                 write_json(self.paths.skipped, self.task.skipped)
                 n = len(self.task.skipped)
@@ -119,7 +106,8 @@ class Trainer:
                 if epochs is not None or data_dir is not None:
                     dump_config(cfg, self.paths.config)  # what the run now trains with, for evaluate and reports
             if self.state.epoch < cfg.train.epochs:
-                self.say(f"resuming {self.run_dir} at epoch {self.state.epoch + 1}, step {self.state.step}")
+                why = "torchrun restarted the job: " if restarted else ""
+                self.say(f"{why}resuming {self.run_dir} at epoch {self.state.epoch + 1}, step {self.state.step}")
         self.total_steps = self.steps_per_epoch * cfg.train.epochs
         self.tb = None
         if cfg.train.tensorboard and self.dist.main:
@@ -190,7 +178,12 @@ class Trainer:
         """One optimizer step on global batch `idx`; returns its summed loss, correct, predictions, lr."""
         cfg, rt, step = self.cfg, self.rt, self.state.step
         gen = seeded(cfg.train.seed, 2, step)
-        torch.manual_seed(int(torch.randint(2**62, (1,), generator=gen)))
+        seed = int(torch.randint(2**62, (1,), generator=gen))
+        # Only the generators this run draws from: torch.manual_seed also seeds every other device
+        # type's, which took 6% of a seed-a step (benchmarks/step_profile.py).
+        torch.default_generator.manual_seed(seed)
+        if rt.device.type == "cuda":
+            torch.cuda.manual_seed(seed)
         # The whole global batch is augmented on every process, then sharded: the same random draws as in
         # one process, so a run's result does not depend on how many processes computed it.
         x, y = self.task.train_inputs(self.train_set.x[idx], self.train_set.y[idx], cfg, gen, self.state.epoch)
@@ -378,19 +371,23 @@ def train(
     set is now. A run that fails before its first checkpoint leaves no run folder behind.
     """
     trainer = Trainer(cfg, run_dir, resume=resume, device=device, progress=progress, epochs=epochs, data_dir=data_dir)
+    lost = False
     try:
         return trainer.run(max_steps, finish)
     except BaseException as e:
         trainer.discard_if_unsaved()
         if trainer.dist.world > 1 and isinstance(e, (torch.distributed.DistError, RuntimeError)):
-            # gloo/nccl report a peer that died as a RuntimeError from the next collective.
+            # gloo/nccl report a peer that died as a RuntimeError from the next collective. No orderly
+            # shutdown with a lost peer: leave at once, so that torchrun sees this process fail before the
+            # lost host's launcher asks for a new round (else it restarts this host as a membership change).
+            lost = True
             raise TrainingError(
                 f"process {trainer.dist.rank}: lost the other processes of this job ({str(e).splitlines()[0][:160]}); "
                 f"the last checkpoint is in {trainer.run_dir}; continue with --resume {trainer.run_dir}"
             ) from None
         raise
     finally:
-        if trainer.dist.world > 1:
+        if trainer.dist.world > 1 and not lost:
             # A process group left to the interpreter's exit can abort it ("terminate called without an
             # active exception" from gloo's threads, seen in about 1 run in 15).
             distributed.shutdown()

@@ -17,7 +17,9 @@ import torch
 
 from . import checkpoint
 from .config import RunConfig, config_from_dict, yaml_problem
+from .distributed import is_restart_of
 from .errors import CheckpointError, ConfigError
+from .outputs import check_dir
 from .tasks import get_task
 
 
@@ -34,6 +36,36 @@ class RunPaths:
     best = property(lambda self: self.root / "checkpoints" / "best.safetensors")
     figures = property(lambda self: self.root / "figures")
     skipped = property(lambda self: self.root / "skipped.json")
+
+
+def open_run(
+    cfg: RunConfig | None, run_dir: Path | None, *, resume: bool, epochs: int | None, data_dir: str | Path | None
+) -> tuple[RunConfig, Path, bool, bool]:
+    """The configuration and folder of a run about to train: a new one (`cfg` into `run_dir`, which must
+    not hold a run), or the one in `run_dir` when resuming or when torchrun restarts the job that made it.
+    Returns (config, folder, resuming, restarted by torchrun)."""
+    env = RunPaths(run_dir).env if run_dir is not None else None
+    restarted = not resume and env is not None and env.is_file() and is_restart_of(json.loads(env.read_text()))
+    if restarted:
+        # torchrun --max-restarts restarted this job after a failure, with the same command: continue the
+        # run from its last checkpoint (every process reads the same folder: a shared filesystem).
+        resume = True
+    if resume:
+        if run_dir is None:
+            raise CheckpointError("--resume needs a run folder")
+        cfg = load_run_config(run_dir)
+        if data_dir is not None:
+            cfg.data.dir = str(Path(data_dir).expanduser().absolute())
+        return cfg, run_dir, True, restarted
+    if epochs is not None or data_dir is not None:
+        raise ConfigError("epochs and data_dir are for resuming; set them in the configuration of a new run")
+    run_dir = check_dir(run_dir or default_run_dir(cfg), "--out")
+    if RunPaths(run_dir).config.exists():
+        raise CheckpointError(f"{run_dir}: already holds a run; use --resume {run_dir} or another --out folder")
+    if cfg.data.dir is not None:
+        # Stored absolute: resume and evaluate run from any working folder.
+        cfg.data.dir = str(Path(cfg.data.dir).expanduser().absolute())
+    return cfg, run_dir, False, False
 
 
 def default_run_dir(cfg: RunConfig, base: Path = Path("runs")) -> Path:
