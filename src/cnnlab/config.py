@@ -116,7 +116,7 @@ class TrainConfig(_Strict):
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     channels_last: bool | None = None
     threads: int | None = Field(None, gt=0)
-    eval_batch_size: int = Field(256, gt=0)
+    eval_batch_size: int = Field(512, gt=0)
     checkpoint_every_s: float = Field(60.0, gt=0.0)
     tta_flip: bool = False
     tta_shift: int = Field(
