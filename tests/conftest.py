@@ -7,6 +7,7 @@ import os
 import shutil
 import sys
 import tempfile
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -220,3 +221,46 @@ def browser():
             yield driver
         finally:
             driver.quit()
+
+
+# ---------------------------------------------------------------- reading HTML pages
+
+
+class HtmlPage(HTMLParser):
+    """The parts of a page the tests look at: tables by id (rows of cell texts) and the class of each of
+    their rows, attributes of every element, and the tags used."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.tables: dict[str, list[list[str]]] = {}
+        self.row_classes: dict[str, list[str]] = {}
+        self.attrs: list[tuple[str, str, str]] = []  # (tag, attribute, value)
+        self.tags: set[str] = set()
+        self._table: str | None = None
+        self._cell: list[str] | None = None
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.add(tag)
+        self.attrs += [(tag, k, v or "") for k, v in attrs]
+        ident = dict(attrs).get("id")
+        if tag == "table":
+            self._table = ident
+            self.tables.setdefault(ident, [])
+            self.row_classes.setdefault(ident, [])
+        elif tag == "tr" and self._table is not None:
+            self.tables[self._table].append([])
+            self.row_classes[self._table].append(dict(attrs).get("class") or "")
+        elif tag in ("td", "th") and self._table is not None:
+            self._cell = []
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None:
+            self.tables[self._table][-1].append("".join(self._cell).strip())
+            self._cell = None
+        elif tag == "table":
+            self._table = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)

@@ -8,11 +8,10 @@ from __future__ import annotations
 import base64
 import json
 import shutil
-from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from conftest import one_error_line, run_cli
+from conftest import HtmlPage, one_error_line, run_cli
 
 from cnnlab import api, runs
 from cnnlab.config import dump_config, load_config
@@ -79,40 +78,10 @@ def fashion_page(fashion_runs, tmp_path_factory) -> tuple[str, dict]:
     return out.read_text(), json.loads(out.with_suffix(".json").read_text())
 
 
-class _Tables(HTMLParser):
-    """Table cells by table id, and the class of each row."""
-
-    def __init__(self, text: str):
-        super().__init__()
-        self.rows: dict[str, list[tuple[str, list[str]]]] = {}
-        self._table: str | None = None
-        self._cell: list[str] | None = None
-        self.feed(text)
-
-    def handle_starttag(self, tag, attrs):
-        a = dict(attrs)
-        if tag == "table":
-            self._table = a.get("id")
-            self.rows[self._table] = []
-        elif tag == "tr" and self._table:
-            self.rows[self._table].append((a.get("class") or "", []))
-        elif tag in ("td", "th") and self._table:
-            self._cell = []
-
-    def handle_endtag(self, tag):
-        if tag in ("td", "th") and self._cell is not None and self._table:
-            self.rows[self._table][-1][1].append("".join(self._cell).strip())
-            self._cell = None
-        elif tag == "table":
-            self._table = None
-
-    def handle_data(self, data):
-        if self._cell is not None:
-            self._cell.append(data)
-
-
 def _table(page: str, ident: str) -> list[tuple[str, list[str]]]:
-    return _Tables(page).rows[ident]
+    """(row class, cells) of each row of table `ident`."""
+    html = HtmlPage(page)
+    return list(zip(html.row_classes[ident], html.tables[ident], strict=True))
 
 
 def test_best_run_is_the_highest_validation_metric(fashion_page):

@@ -6,11 +6,10 @@ import base64
 import json
 import re
 import shutil
-from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from conftest import make_classify_folder, make_segment_folder, synthetic_facade
+from conftest import HtmlPage, make_classify_folder, make_segment_folder, synthetic_facade
 from PIL import Image
 
 from cnnlab import api, runs
@@ -89,42 +88,6 @@ def segment_run(cache_dir, tmp_path_factory) -> Path:
     return api.train_config(cfg, base / "run", progress=False).run_dir
 
 
-class _Page(HTMLParser):
-    """The parts of a page the tests look at: tables by id (cell texts), attributes of img/a/link, elements."""
-
-    def __init__(self, text: str):
-        super().__init__()
-        self.tables: dict[str, list[list[str]]] = {}
-        self.attrs: list[tuple[str, str, str]] = []  # (tag, attribute, value)
-        self.tags: set[str] = set()
-        self._table: str | None = None
-        self._cell: list[str] | None = None
-        self.feed(text)
-
-    def handle_starttag(self, tag, attrs):
-        self.tags.add(tag)
-        self.attrs += [(tag, k, v or "") for k, v in attrs]
-        ident = dict(attrs).get("id")
-        if tag == "table":
-            self._table = ident
-            self.tables.setdefault(ident, [])
-        elif tag == "tr" and self._table is not None:
-            self.tables[self._table].append([])
-        elif tag in ("td", "th") and self._table is not None:
-            self._cell = []
-
-    def handle_endtag(self, tag):
-        if tag in ("td", "th") and self._cell is not None:
-            self.tables[self._table][-1].append("".join(self._cell).strip())
-            self._cell = None
-        elif tag == "table":
-            self._table = None
-
-    def handle_data(self, data):
-        if self._cell is not None:
-            self._cell.append(data)
-
-
 def _column(rows: list[list[str]], header: str) -> list[str]:
     j = rows[0].index(header)
     return [r[j] for r in rows[1:]]
@@ -132,7 +95,7 @@ def _column(rows: list[list[str]], header: str) -> list[str]:
 
 def test_fashion_report_holds_the_test_numbers_and_every_figure(fashion_run):
     page_text = (fashion_run / "report.html").read_text()
-    page = _Page(page_text)
+    page = HtmlPage(page_text)
     test = json.loads((fashion_run / "eval_test.json").read_text())
     val = json.loads((fashion_run / "eval_val.json").read_text())
     rows = page.tables["per-class-table"]
@@ -168,7 +131,7 @@ def test_fashion_report_holds_the_test_numbers_and_every_figure(fashion_run):
 
 def test_facade_report_tables_colours_and_predictions(facade_run):
     page_text = (facade_run / "report.html").read_text()
-    page = _Page(page_text)
+    page = HtmlPage(page_text)
     test = json.loads((facade_run / "eval_test.json").read_text())
     rows = page.tables["per-class-table"]
     assert _column(rows, "test AP") == [f"{v:.4f}" for v in test["ap"]] + [f"{test['map']:.4f}"]
@@ -193,7 +156,7 @@ def test_facade_report_tables_colours_and_predictions(facade_run):
 @pytest.mark.parametrize("which", ["fashion_run", "facade_run"])
 def test_report_is_one_self_contained_file(which, request):
     run = request.getfixturevalue(which)
-    page = _Page((run / "report.html").read_text())
+    page = HtmlPage((run / "report.html").read_text())
     for tag, attr, value in page.attrs:
         if attr == "src":
             assert value.startswith("data:image/"), (tag, value[:80])
@@ -229,7 +192,7 @@ def test_compare_lists_each_run_and_the_settings_that_differ(sweep, tmp_path):
     assert find_runs([sweep / "relu", sweep]) == [sweep / "relu", sweep / "leaky_relu", sweep / "seed1"]
     out = write_compare([sweep], tmp_path / "compare.html")
     page_text = out.read_text()
-    rows = _Page(page_text).tables["compare-table"]
+    rows = HtmlPage(page_text).tables["compare-table"]
     assert [r[0].removesuffix("best") for r in rows[1:]] == ["leaky_relu", "relu", "seed1"]
     assert "activation" in rows[0] and "train.seed" in rows[0] and "lr" not in rows[0]  # only what differs
     for row, run in zip(rows[1:], found, strict=True):
@@ -256,7 +219,7 @@ def test_compare_refuses_mixed_tasks_and_non_runs(sweep, facade_run, tmp_path):
 
 def test_folder_classify_report_names_the_folders_classes(classify_run):
     page_text = (classify_run / "report.html").read_text()
-    page = _Page(page_text)
+    page = HtmlPage(page_text)
     val = json.loads((classify_run / "eval_val.json").read_text())
     rows = page.tables["per-class-table"]
     assert [r[0] for r in rows[1:-1]] == ["cat", "dog", "owl"]
@@ -275,7 +238,7 @@ def test_folder_classify_report_names_the_folders_classes(classify_run):
 
 def test_folder_segment_report_of_grey_images(segment_run):
     page_text = (segment_run / "report.html").read_text()
-    page = _Page(page_text)
+    page = HtmlPage(page_text)
     test = json.loads((segment_run / "eval_test.json").read_text())
     rows = page.tables["per-class-table"]
     assert [r[0] for r in rows[1:-1]] == ["ground", "blob"]
@@ -298,7 +261,7 @@ def test_compare_folder_runs_on_other_classes_leaves_out_per_class(classify_run,
     dump_config(cfg, other / "config.yaml")
     page_text = write_compare([classify_run, other], tmp_path / "c.html").read_text()
     assert "trained on different classes" in page_text and "Test accuracy per class" not in page_text
-    row = [r for r in _Page(page_text).tables["settings-table"] if r[0] == "data.classes"]
+    row = [r for r in HtmlPage(page_text).tables["settings-table"] if r[0] == "data.classes"]
     assert row == [["data.classes", "['cat', 'dog', 'owl']", "['x', 'y', 'z']"]]
 
 
