@@ -122,3 +122,19 @@ def test_killed_rank_stops_the_job_and_it_resumes(tiny_fashion, tmp_path):
     done = _cnnlab(1, "fashion", "train", "--resume", run, "--no-progress")  # world-size independent checkpoint
     assert done.returncode == 0, done.stderr[:3000]
     assert "resuming" in done.stderr and json.loads((run / "eval_test.json").read_text())["n"] == 200
+
+
+def test_restarts_on_torchruns_shared_store_are_warned_of(monkeypatch):
+    # The environment torchrun gives its workers: --max-restarts, and whether they share its store.
+    from cnnlab import distributed
+
+    monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", "1")
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")
+    assert "start torchrun with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1" in distributed.restart_hazard()
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "False")  # what that variable gives
+    assert distributed.restart_hazard() is None
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")
+    monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", "0")
+    assert distributed.restart_hazard() is None
+    monkeypatch.delenv("TORCHELASTIC_MAX_RESTARTS")  # not torchrun
+    assert distributed.restart_hazard() is None

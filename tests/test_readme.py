@@ -123,7 +123,7 @@ class Block:
             return "serve"
         if all(c.startswith("curl ") for c in cmds):
             return "curl"
-        if any(c.startswith("torchrun") and re.search(r"--nnodes[= ]([2-9]|\d\d)", c) for c in cmds):
+        if any(re.match(r"([A-Z_]+=\S+ )*torchrun ", c) and re.search(r"--nnodes[= ]([2-9]|\d\d)", c) for c in cmds):
             return "multi-host"
         for c in cmds:
             known = (

@@ -78,6 +78,22 @@ def is_restart_of(env: dict) -> bool:
     return restarts() > 0 or (job_id() is not None and env.get("torchrun_job") == job_id())
 
 
+def restart_hazard() -> str | None:
+    """A warning for a torchrun job whose restarts may fail, else None.
+
+    With `--max-restarts` and torchrun's default shared rendezvous store, the store outlives the failed
+    attempt: a restarted process can read its peer's address from that attempt and fail to connect
+    (pytorch/pytorch#135712; "Gloo connectFullMesh failed ... Connection refused" in 2 of 6 restarts on
+    two hosts here). `TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1` gives every attempt a new store."""
+    shared = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    if int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0 and shared:
+        return (
+            "torchrun --max-restarts with its shared rendezvous store can restart into the "
+            "failed attempt's addresses (pytorch#135712): start torchrun with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1"
+        )
+    return None
+
+
 def shutdown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -55,6 +55,8 @@ class Trainer:
         self.task = get_task(cfg)
         self.rt = make_runtime(cfg, device, self.dist.local_rank)
         self.progress = progress and self.dist.main
+        if hazard := distributed.restart_hazard():
+            self.say(f"[yellow]warning[/]: {hazard}")
         torch.manual_seed(cfg.train.seed)
 
         if cfg.train.tensorboard and importlib.util.find_spec("tensorboard") is None:
