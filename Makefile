@@ -31,11 +31,10 @@ $(STAMP): pyproject.toml
 demo: install
 	$(BIN)/cnnlab fashion train --recipe seed-a --epochs 3 --out runs/demo-fashion-$$(date +%Y%m%d-%H%M%S)
 
-# Two workers: most tests run one core's worth of Python (figures, decoding, start-up), so two halve the wait;
-# worksteal hands a worker that ran out of tests half of the other's queue, so the long ones do not end alone.
+# Two workers: most tests run one core's worth of Python (figures, decoding, start-up), so two halve the wait.
 test: install
 	$(BIN)/ruff check src tests
-	$(BIN)/pytest -q -n 2 --dist worksteal
+	$(BIN)/pytest -q -n 2
 
 test-slow: install
 	$(BIN)/pytest -q -m slow
