@@ -380,8 +380,8 @@ def train(
         trainer.discard_if_unsaved()
         if trainer.dist.world > 1 and isinstance(e, (torch.distributed.DistError, RuntimeError)):
             # gloo/nccl report a peer that died as a RuntimeError from the next collective. No orderly
-            # shutdown with a lost peer: leave at once, so that torchrun sees this process fail before the
-            # lost host's launcher asks for a new round (else it restarts this host as a membership change).
+            # shutdown with a lost peer: leave at once, so that torchrun sees this process fail promptly and
+            # can start the next round (tests/test_two_hosts.py covers both orders that round can take).
             lost = True
             raise TrainingError(
                 f"process {trainer.dist.rank}: lost the other processes of this job ({str(e).splitlines()[0][:160]}); "
