@@ -1,5 +1,10 @@
 """Own data on real sets: digits as a class folder, the facades as an image + mask folder, and the
-built-in runs unchanged by the redesign (their metrics.jsonl rows as recorded before it)."""
+built-in runs unchanged by the redesign (their metrics.jsonl rows as recorded before it).
+
+The recorded rows came from a CPU with AVX-512. PyTorch picks its float kernels by instruction set, so
+on an AVX2 machine the same run ends with weights a few ulps apart: the facade val loss differs in the
+6th digit (3.6e-6 relative; `ATEN_CPU_CAPABILITY=avx2` shows it here). Floats are therefore compared to
+1e-4 relative, everything else exactly; a changed seed, order, schedule or model moves them by percents."""
 
 import json
 import os
@@ -42,6 +47,26 @@ def rows(path: Path) -> list[dict]:
     return out
 
 
+def assert_same_run(run: Path, recorded: str) -> None:
+    """The run's metrics.jsonl rows are the recorded ones: same rows, keys and values, floats to 1e-4."""
+    assert_close(rows(run / "metrics.jsonl"), rows(REFERENCE / recorded), "rows")
+
+
+def assert_close(got, want, where: str) -> None:
+    if isinstance(want, float):
+        assert got == pytest.approx(want, rel=1e-4, abs=1e-9), where
+    elif isinstance(want, dict):
+        assert isinstance(got, dict) and got.keys() == want.keys(), where
+        for k in want:
+            assert_close(got[k], want[k], f"{where}.{k}")
+    elif isinstance(want, list):
+        assert isinstance(got, list) and len(got) == len(want), where
+        for i, (g, w) in enumerate(zip(got, want, strict=True)):
+            assert_close(g, w, f"{where}[{i}]")
+    else:
+        assert got == want, where
+
+
 @pytest.fixture(autouse=True)
 def _cache(tmp_path, monkeypatch):
     monkeypatch.setenv("CNNLAB_CACHE_DIR", str(tmp_path / "cache"))
@@ -50,7 +75,7 @@ def _cache(tmp_path, monkeypatch):
 def test_builtin_fashion_run_is_unchanged(tmp_path):
     _real(lambda: locate(allow_download=False))
     cnnlab("fashion", "train", "--recipe", "seed-a", "--epochs", "1", "--out", tmp_path / "run", "--no-progress")
-    assert rows(tmp_path / "run" / "metrics.jsonl") == rows(REFERENCE / "fashion-seed-a-epoch1.jsonl")
+    assert_same_run(tmp_path / "run", "fashion-seed-a-epoch1.jsonl")
 
 
 FACADE_ARGS = ("--recipe", "unet", "--epochs", "1", "--limit", "32", "--set", "data.val_fraction=0.05",
@@ -60,7 +85,7 @@ FACADE_ARGS = ("--recipe", "unet", "--epochs", "1", "--limit", "32", "--set", "d
 def test_builtin_facade_run_is_unchanged(tmp_path):
     facades = _real(lambda: find_facade_dir(None))
     cnnlab("facade", "train", "--data-dir", facades, *FACADE_ARGS, "--out", tmp_path / "run")
-    assert rows(tmp_path / "run" / "metrics.jsonl") == rows(REFERENCE / "facade-unet-epoch1-limit32.jsonl")
+    assert_same_run(tmp_path / "run", "facade-unet-epoch1-limit32.jsonl")
 
 
 def test_facades_as_a_folder_train_as_the_builtin_set(tmp_path):
@@ -69,7 +94,7 @@ def test_facades_as_a_folder_train_as_the_builtin_set(tmp_path):
     subprocess.run([sys.executable, ROOT / "scripts" / "facade_folder.py", facades, tmp_path / "set"], check=True)
     assert len(list((tmp_path / "set" / "masks").iterdir())) == 906
     cnnlab("segment", "train", "--data", tmp_path / "set", *FACADE_ARGS, "--out", tmp_path / "run")
-    assert rows(tmp_path / "run" / "metrics.jsonl") == rows(REFERENCE / "facade-unet-epoch1-limit32.jsonl")
+    assert_same_run(tmp_path / "run", "facade-unet-epoch1-limit32.jsonl")
     cfg = (tmp_path / "run" / "config.yaml").read_text()
     assert "group_key: index-mod:302" in cfg and "- balcony" in cfg
 
