@@ -94,7 +94,9 @@ def folder_runs(cache_dir, tmp_path_factory):
     segment = make_segment_folder(base / "blobs", n=8, size=32)
     small = ["train.epochs=4", "train.threads=1", "train.batch_size=8"]
     cfgs = {
-        "classify": load_config("classify", "small", [f"data.dir={classify}", *small]),
+        # lr 0.01, not the recipe's 0.1 for batches of 64: with batches of 8 that one blows up on some CPUs'
+        # kernels (train loss 43 on AVX2, fp32) and the owl comes out a cat; 0.01 learned it on 4 of 4 seeds.
+        "classify": load_config("classify", "small", [f"data.dir={classify}", *small, "optim.lr=0.01"]),
         "segment": load_config("segment", "unet", [f"data.dir={segment}", "data.val_fraction=0.25", *small]),
     }
     return {k: api.train_config(cfg, base / f"{k}-run", progress=False).run_dir for k, cfg in cfgs.items()}
