@@ -13,10 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-# Two xdist workers share the 2 cores and each torch process runs 2 OpenMP threads, whose default
-# spinning waits burn the core the other worker needs. Sleeping waits: two concurrent 1-epoch
-# Fashion-MNIST trainings took 33 s instead of 63 s (one alone: 25 s instead of 22 s). Set before torch
-# loads, so this process and every cnnlab process a test starts use it; results do not change.
+# Two xdist workers share the 2 cores, so each torch process gets one OpenMP thread (tests that need
+# more set it themselves), and threads sleep while they wait: libgomp's default spinning burns the core
+# the other worker needs. Set before torch loads, so this process and every cnnlab process a test starts
+# use them. Measured here: make test 11:34 as it was, 9:49 with sleeping waits, 8:35 with both; two
+# concurrent 2-thread Fashion-MNIST epochs took 33 s sleeping against 63 s spinning.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 FASHION_REAL = Path("/usr/share/datasets/fashion-mnist")
