@@ -45,7 +45,7 @@ class Host:
     addr: str
     ifname: str
 
-    def torchrun(self, args: list, *, port: int, log: Path, restarts: int, rendezvous_host: bool, env: list):
+    def torchrun(self, args: list, *, port: int, log: Path, restarts: int, rendezvous_host: bool, env: tuple):
         launcher = [
             "ip", "netns", "exec", self.ns,
             "env", f"GLOO_SOCKET_IFNAME={self.ifname}", "OMP_NUM_THREADS=1", "PYTHONUNBUFFERED=1", *env,
@@ -103,7 +103,7 @@ def two_hosts(
     paths = [logs / f"{h.ns}-{port}.log" for h in hosts]
     start = time.monotonic()
     procs = [
-        h.torchrun(args, port=port, log=p, restarts=restarts, rendezvous_host=i == 0, env=list(env))
+        h.torchrun(args, port=port, log=p, restarts=restarts, rendezvous_host=i == 0, env=env)
         for i, (h, p) in enumerate(zip(hosts, paths, strict=True))
     ]
     try:
