@@ -26,7 +26,6 @@ import time
 from datetime import date
 from pathlib import Path
 
-import numpy as np
 import torch
 from common import machine, write_block
 from PIL import Image

@@ -24,10 +24,11 @@ from pathlib import Path
 from common import machine, write_block
 
 from cnnlab import runs
-from cnnlab.evaluation import evaluate_split
-from cnnlab.pretrained import resolve_any
-from cnnlab.runtime import make_runtime
+from cnnlab.engine import checkpoint
+from cnnlab.engine.evaluation import evaluate_split
+from cnnlab.engine.runtime import make_runtime
 from cnnlab.tasks import get_task
+from cnnlab.zoo import resolve_any
 
 
 def _train_seconds(run_dir: Path) -> float:
@@ -48,7 +49,7 @@ def _best_of_two(fn) -> float:
 
 
 def measure(run_dir: Path, out: Path, embedding: str | None = None) -> dict:
-    model, cfg = runs.load_model(run_dir)
+    model, cfg = checkpoint.load_model(run_dir)
     if embedding:
         cfg.explain.embedding = embedding
     task = get_task(cfg)

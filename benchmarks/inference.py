@@ -16,11 +16,11 @@ from datetime import date
 import torch
 from common import machine, write_block
 
-from cnnlab.evaluation import predict
-from cnnlab.pretrained import resolve_model
-from cnnlab.runs import load_model
-from cnnlab.runtime import inference_runtime
+from cnnlab.engine.checkpoint import load_model
+from cnnlab.engine.evaluation import predict
+from cnnlab.engine.runtime import inference_runtime
 from cnnlab.tasks import get_task
+from cnnlab.zoo import resolve_model
 
 
 def main() -> None:

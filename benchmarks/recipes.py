@@ -21,8 +21,9 @@ from pathlib import Path
 
 from common import machine, write_block
 
-from cnnlab import engine, runs
+from cnnlab import runs
 from cnnlab.config import load_config
+from cnnlab.engine import trainer as engine
 
 
 @dataclass

@@ -34,9 +34,9 @@ from scipy import ndimage
 
 from cnnlab.data import fashion
 from cnnlab.data.images import shrink
-from cnnlab.pretrained import resolve_model
-from cnnlab.runs import load_model
+from cnnlab.engine.checkpoint import load_model
 from cnnlab.tasks import Task, get_task
+from cnnlab.zoo import resolve_model
 
 SEED = 17
 MAX_SIDE = 280

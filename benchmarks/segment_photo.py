@@ -41,9 +41,9 @@ def _status_mb(key: str) -> float:
 
 def child(model_ref: str, photo: str, side: int, tta: bool) -> None:
     """Runs inside the measured process (new or baseline code on sys.path): prints one JSON line."""
-    from cnnlab import segment as seg
     from cnnlab.api import load_model
     from cnnlab.data.images import load_photo
+    from cnnlab.infer import segment as seg
     from cnnlab.tasks import get_task
 
     model, cfg = load_model(model_ref)
@@ -51,7 +51,7 @@ def child(model_ref: str, photo: str, side: int, tta: bool) -> None:
     img, _ = load_photo(Path(photo), mode="RGB", min_side=seg.MIN_SIDE, max_side=seg.MAX_SIDE)
     new = "views" in inspect.signature(seg.segment).parameters
     if new:
-        from cnnlab.runtime import inference_runtime
+        from cnnlab.engine.runtime import inference_runtime
 
         args = (side, seg.recipe_views(cfg, tta), inference_runtime())
     else:
@@ -89,8 +89,8 @@ def quality(model_ref: str, sides: tuple[int, ...]) -> list[tuple[int, float, fl
     import torch.nn.functional as F
 
     from cnnlab.api import load_model
-    from cnnlab.runtime import inference_runtime
-    from cnnlab.segment import segment
+    from cnnlab.engine.runtime import inference_runtime
+    from cnnlab.infer.segment import segment
     from cnnlab.tasks import get_task
 
     model, cfg = load_model(model_ref)
@@ -134,7 +134,7 @@ def main() -> None:
     parser.add_argument("--skip-quality", action="store_true")
     args = parser.parse_args()
 
-    from cnnlab.segment import MAX_WORK_SIDE
+    from cnnlab.infer.segment import MAX_WORK_SIDE
 
     lines = []
     if not args.skip_quality:

@@ -26,8 +26,8 @@ from common import machine, write_block
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
-from cnnlab import engine
 from cnnlab.config import load_config
+from cnnlab.engine import trainer as engine
 
 
 class PlainDataset(Dataset):

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from cnnlab.errors import CnnlabError
-from cnnlab.pretrained import ship
+from cnnlab.zoo import ship
 
 
 def main() -> None:

@@ -27,7 +27,7 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 
 def run_cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
     """The `cnnlab` command in this process: (exit code, stdout, stderr)."""
-    from cnnlab import cli
+    from cnnlab.cli import app as cli
 
     monkeypatch.setattr(sys, "argv", ["cnnlab", *map(str, args)])
     try:

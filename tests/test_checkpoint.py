@@ -9,7 +9,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 import cnnlab
-from cnnlab import checkpoint
+from cnnlab import outputs
+from cnnlab.engine import checkpoint
 from cnnlab.errors import CheckpointError, CnnlabWarning
 
 
@@ -217,20 +218,20 @@ def test_a_failed_write_is_a_checkpoint_error_and_leaves_no_temp(tmp_path, error
         raise error
 
     with pytest.raises(CheckpointError, match=r"figure.png: cannot write \(.*No space left on device.*\); free"):
-        checkpoint.atomic_write(path, write)
+        outputs.atomic_write(path, write)
     assert path.read_bytes() == b"old" and sorted(tmp_path.iterdir()) == [path]
 
     def bug(tmp):
         raise ValueError("a bug, not a full disk")
 
     with pytest.raises(ValueError, match="a bug"):
-        checkpoint.atomic_write(path, bug)
+        outputs.atomic_write(path, bug)
     assert path.read_bytes() == b"old" and sorted(tmp_path.iterdir()) == [path]
 
 
 def test_remove_stale_temps_removes_only_atomic_write_leftovers(tmp_path):
     names = []
-    checkpoint.atomic_write(tmp_path / "loss.png", lambda tmp: names.append(tmp.name) or tmp.write_bytes(b"png"))
+    outputs.atomic_write(tmp_path / "loss.png", lambda tmp: names.append(tmp.name) or tmp.write_bytes(b"png"))
     # Leftovers of killed writes, named as atomic_write names them, in the run folder and below.
     (tmp_path / "figures").mkdir()
     stale = [tmp_path / names[0], tmp_path / "figures" / names[0], tmp_path / "figures" / ".a.json.x_9abcde.tmp"]
@@ -248,8 +249,8 @@ def test_remove_stale_temps_removes_only_atomic_write_leftovers(tmp_path):
     for p in kept[1:]:
         p.write_bytes(b"mine")
     (tmp_path / ".run.abcdefgh.tmp").mkdir()  # only files go
-    assert checkpoint.remove_stale_temps(tmp_path) == 3
+    assert outputs.remove_stale_temps(tmp_path) == 3
     assert not any(p.exists() for p in stale)
     assert all(p.is_file() for p in kept) and (tmp_path / ".run.abcdefgh.tmp").is_dir()
-    assert checkpoint.remove_stale_temps(tmp_path) == 0
-    assert checkpoint.remove_stale_temps(tmp_path / "absent") == 0
+    assert outputs.remove_stale_temps(tmp_path) == 0
+    assert outputs.remove_stale_temps(tmp_path / "absent") == 0

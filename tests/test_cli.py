@@ -11,8 +11,9 @@ import torch
 from conftest import make_fashion_dir
 from PIL import Image
 
-from cnnlab import api, checkpoint
+from cnnlab import api
 from cnnlab.config import load_config
+from cnnlab.engine import checkpoint
 
 ENV = {**os.environ, "CNNLAB_DATA_DIR": "", "PYTHONUNBUFFERED": "1"}
 

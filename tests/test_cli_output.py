@@ -16,9 +16,9 @@ from PIL import Image
 from cnnlab import __version__, api
 from cnnlab.config import load_config
 from cnnlab.data.fashion import read_split
-from cnnlab.pretrained import resolve_model
-from cnnlab.runs import load_model
+from cnnlab.engine.checkpoint import load_model
 from cnnlab.tasks import get_task
+from cnnlab.zoo import resolve_model
 
 COMMANDS = [[], ["report"], ["models"], ["explain"], ["export"], ["serve"], ["fashion", "sweep-activations"]] + [
     [task, *sub]

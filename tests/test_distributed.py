@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from cnnlab import checkpoint
+from cnnlab.engine import checkpoint
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 
@@ -126,7 +126,7 @@ def test_killed_rank_stops_the_job_and_it_resumes(tiny_fashion, tmp_path):
 
 def test_restarts_on_torchruns_shared_store_are_warned_of(monkeypatch):
     # The environment torchrun gives its workers: --max-restarts, and whether they share its store.
-    from cnnlab import distributed
+    from cnnlab.engine import distributed
 
     monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", "1")
     monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")

@@ -3,8 +3,9 @@ import json
 import pytest
 import torch
 
-from cnnlab import api, checkpoint, evaluation, optim, runs, runtime
+from cnnlab import api, runs
 from cnnlab.config import load_config
+from cnnlab.engine import checkpoint, evaluation, optim, runtime
 from cnnlab.errors import CheckpointError, TrainingError
 from cnnlab.tasks.fashion import FashionTask
 

@@ -11,8 +11,8 @@ import torch
 from matplotlib import colormaps
 from PIL import Image
 
-from cnnlab.report import explain_figures as ef
-from cnnlab.report.embedding import plot_embedding
+from cnnlab.plots import explain as ef
+from cnnlab.plots.embedding import plot_embedding
 
 CLASSES = ["shirt", "T-shirt", "coat"]
 HEX = ["#1f77b4", "#ff7f0e", "#2ca02c"]

@@ -16,9 +16,10 @@ import torch
 from conftest import make_classify_folder, make_segment_folder
 from PIL import Image
 
-from cnnlab import api, checkpoint, export, runs
+from cnnlab import api, export, runs
 from cnnlab.config import dump_config, load_config
 from cnnlab.data import fashion
+from cnnlab.engine import checkpoint
 from cnnlab.errors import CheckpointError
 from cnnlab.models import model_table
 from cnnlab.tasks import get_task
@@ -101,7 +102,7 @@ def test_fashion_export_from_the_command_line_matches_pytorch(fashion_run, real_
     meta = metadata(path)
     task = get_task("fashion")
     assert (meta["task"], json.loads(meta["classes"])) == ("fashion", list(task.classes))
-    model, _ = runs.load_model(fashion_run)
+    model, _ = checkpoint.load_model(fashion_run)
     test = fashion.read_split(real_fashion, "t10k")
     for start, n in ((0, 1), (100, 37)):
         x_u8 = test.x[start : start + n]
@@ -118,7 +119,7 @@ def test_facade_export_matches_pytorch_on_real_photos(facade_run, real_facade, t
     photos = torch.stack(
         [torch.from_numpy(np.array(Image.open(real_facade / f"eecs442_{i:04d}.jpg"))) for i in (0, 7, 300)]
     ).permute(0, 3, 1, 2)
-    model, _ = runs.load_model(facade_run)
+    model, _ = checkpoint.load_model(facade_run)
     task = get_task("facade")
     for n in (1, 3):
         for top, left, height, width in ((0, 0, 256, 256), (30, 11, 100, 172)):  # 100 is no multiple of 8
@@ -177,7 +178,7 @@ def test_folder_classify_export_from_the_command_line_matches_pytorch(classify_r
     assert mean == pytest.approx(pixels.mean(1).tolist(), abs=0.01)
     assert std == pytest.approx(pixels.std(1).tolist(), abs=0.01)
     task = get_task(cfg)
-    model, _ = runs.load_model(classify_run)
+    model, _ = checkpoint.load_model(classify_run)
     for n in (1, 30):
         x = normalise(x_u8[:n], path)
         assert torch.allclose(x, task.eval_inputs(x_u8[:n]), atol=1e-6)
@@ -197,7 +198,7 @@ def test_folder_segment_export_of_grey_images_matches_pytorch(segment_run, tmp_p
     cfg = runs.load_run_config(segment_run)
     assert len(json.loads(meta["mean"])) == 1 and json.loads(meta["mean"]) == cfg.data.mean
     x_u8 = read_images(sorted((Path(cfg.data.dir) / "images").glob("*.png")))
-    model, _ = runs.load_model(segment_run)
+    model, _ = checkpoint.load_model(segment_run)
     for n, (height, width) in ((1, (24, 24)), (3, (16, 20))):
         x = normalise(x_u8[:n, :, :height, :width], path)
         assert assert_parity(model, path, x).shape == (n, 2, height, width)

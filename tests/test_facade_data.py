@@ -11,10 +11,9 @@ from cnnlab.data.facade import (
     CLASSES,
     COLORS,
     find_facade_dir,
-    group_keys,
-    group_split,
     load_folder,
 )
+from cnnlab.data.splits import group_keys, group_split
 from cnnlab.errors import ConfigError, DataError
 from cnnlab.tasks.segment import class_frequencies
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from cnnlab.errors import ConfigError
-from cnnlab.models.facade import SeedA, SeedB, UNet, build_facade_model
+from cnnlab.models.segment import SeedA, SeedB, UNet, build_facade_model
 
 # Thin variants keep the suite fast; SeedA has no width knob and is cheap enough as it is.
 SMALL = {"seed-a": {}, "seed-b": {"width": 0.125}, "unet": {"width": 0.25}}

@@ -10,8 +10,9 @@ import torch.nn.functional as F
 from conftest import make_facade_dir
 from PIL import Image
 
-from cnnlab import api, checkpoint, evaluation, runs, runtime
+from cnnlab import api, runs
 from cnnlab.config import load_config
+from cnnlab.engine import checkpoint, evaluation, runtime
 from cnnlab.tasks.facade import FacadeTask
 from cnnlab.tasks.segment import per_image_iou
 

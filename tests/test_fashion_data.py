@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cnnlab.data import fashion
+from cnnlab.data.splits import stratified_split
 from cnnlab.errors import DataError
 
 
@@ -73,11 +74,11 @@ def test_missing_file_names_it(tmp_path):
 
 def test_stratified_split_keeps_class_shares_and_is_seeded():
     labels = torch.arange(1000) % 10
-    tr, va = fashion.stratified_split(labels, 0.1, seed=3)
+    tr, va = stratified_split(labels, 0.1, seed=3)
     assert len(va) == 100 and len(set(tr.tolist()) & set(va.tolist())) == 0 and len(tr) + len(va) == 1000
     assert torch.bincount(labels[va]).tolist() == [10] * 10
-    assert torch.equal(va, fashion.stratified_split(labels, 0.1, seed=3)[1])
-    assert not torch.equal(va, fashion.stratified_split(labels, 0.1, seed=4)[1])
+    assert torch.equal(va, stratified_split(labels, 0.1, seed=3)[1])
+    assert not torch.equal(va, stratified_split(labels, 0.1, seed=4)[1])
 
 
 def test_locate_order(tmp_path, monkeypatch):

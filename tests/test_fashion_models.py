@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from cnnlab.errors import ConfigError
-from cnnlab.models.fashion import ACTIVATIONS, build_fashion_model
+from cnnlab.models.classify import ACTIVATIONS, build_fashion_model
 
 
 @pytest.mark.parametrize(

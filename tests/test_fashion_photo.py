@@ -16,11 +16,11 @@ import torch
 from scipy import ndimage
 
 from cnnlab.data import fashion
-from cnnlab.pretrained import resolve_model
-from cnnlab.runs import load_model
+from cnnlab.engine.checkpoint import load_model
 from cnnlab.tasks import get_task
 from cnnlab.tasks.fashion import FashionTask
 from cnnlab.tasks.fashion_photo import prepare
+from cnnlab.zoo import resolve_model
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 

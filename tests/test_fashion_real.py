@@ -5,7 +5,8 @@ import sys
 
 import pytest
 
-from cnnlab import api, cli
+from cnnlab import api
+from cnnlab.cli import app as cli
 from cnnlab.config import load_config
 from cnnlab.data import fashion
 

@@ -460,7 +460,7 @@ def test_an_interrupted_decode_leaves_nothing_that_looks_done(monkeypatch, tmp_p
 @pytest.fixture(scope="module")
 def square_run(tmp_path_factory) -> Path:
     """24 grey 32x32 squares (not facades), trained as `cnnlab segment train --data DIR --epochs 3` would."""
-    from cnnlab import cli
+    from cnnlab.cli import app as cli
 
     root = tmp_path_factory.mktemp("squares")
     data, out = make_squares(root / "data", n=24, size=32), root / "run"

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from cnnlab import interpret
+from cnnlab import attribution as interpret
 from cnnlab.models import build_model
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cnnlab import checkpoint
+from cnnlab.engine import checkpoint
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 

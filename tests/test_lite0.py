@@ -13,12 +13,13 @@ import torch
 import torch.nn.functional as F
 from conftest import one_error_line, run_cli
 
-from cnnlab import api, runs
+from cnnlab import api
 from cnnlab.config import load_config
+from cnnlab.engine import checkpoint
+from cnnlab.engine.optim import make_optimizer
 from cnnlab.errors import ConfigError
 from cnnlab.models import build_model, imagenet
 from cnnlab.models.efficientnet import Lite0Encoder, LiteUNet, SameConv
-from cnnlab.optim import make_optimizer
 
 
 @pytest.fixture(autouse=True)
@@ -165,7 +166,7 @@ def test_without_the_extra_everything_else_works(tiny_facade, tmp_path, monkeypa
     # ... then predicted with, and a from-scratch model trained, without it
     hide_extra(monkeypatch)
     monkeypatch.setenv("CNNLAB_CACHE_DIR", str(tmp_path / "empty-cache"))
-    model, _ = runs.load_model(run)
+    model, _ = checkpoint.load_model(run)
     assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 5, 64, 64)
     photo = tiny_facade / sorted(p.name for p in tiny_facade.glob("*.jpg"))[0]
     out = api.predict(run, [photo], out=tmp_path / "pred")

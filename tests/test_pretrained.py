@@ -12,12 +12,15 @@ from conftest import make_classify_folder
 from PIL import Image
 from typer.testing import CliRunner
 
-from cnnlab import api, checkpoint, pretrained
-from cnnlab.cli import app
+from cnnlab import api
+from cnnlab import zoo as pretrained
+from cnnlab.cli.app import app
 from cnnlab.config import load_config
+from cnnlab.engine import checkpoint
+from cnnlab.engine.checkpoint import load_model
 from cnnlab.errors import CheckpointError
-from cnnlab.predictions import predict_files
-from cnnlab.runs import load_model, load_run_config, read_history
+from cnnlab.infer.classify import predict_files
+from cnnlab.runs import load_run_config, read_history
 from cnnlab.tasks.fashion import FashionTask
 
 FACADE_TINY = ["data.group_key=file", "data.val_fraction=0.25", "data.test_fraction=0.25", "augment.crop_size=32"]

@@ -14,10 +14,11 @@ from PIL import Image
 
 from cnnlab import api, runs
 from cnnlab.config import dump_config, load_config
+from cnnlab.engine import checkpoint
 from cnnlab.errors import CheckpointError, ConfigError
+from cnnlab.infer.segment import segment_files
 from cnnlab.report.compare import find_runs, write_compare
 from cnnlab.report.run_page import write_report
-from cnnlab.segment import segment_files
 from cnnlab.tasks import get_task
 
 FACADE_HEX = ["#000000", "#0080FF", "#80FF80", "#FF8000", "#FF0000"]
@@ -63,7 +64,7 @@ def facade_run(tiny_facade, tmp_path_factory) -> Path:
     run = api.train_config(_facade_cfg(tiny_facade), tmp_path_factory.mktemp("facade") / "run", progress=False).run_dir
     photo = run.parent / "street.jpg"
     Image.fromarray(synthetic_facade(80, 7)[0]).save(photo)
-    model, _ = runs.load_model(run)
+    model, _ = checkpoint.load_model(run)
     segment_files(model, get_task("facade"), [photo], run / "predictions")
     write_report(run)
     return run

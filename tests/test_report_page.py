@@ -17,7 +17,7 @@ from PIL import Image
 
 from cnnlab import api, runs
 from cnnlab.config import load_config
-from cnnlab.report import figures
+from cnnlab.plots import figures
 from cnnlab.tasks.segment import SegmentTask, case_groups
 
 FIGURE = re.compile(r'<figure id="fig-([\w-]+)"[^>]*>.*?<figcaption><b>(Figure \d+)</b>: (.*?) <span class="dl">', re.S)

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from conftest import run_cli
 
-from cnnlab import segment as seg
-from cnnlab.runtime import Runtime
+from cnnlab.engine.runtime import Runtime
+from cnnlab.infer import segment as seg
 from cnnlab.tasks import get_task
 
 FP32 = Runtime(torch.device("cpu"), bf16=False, channels_last=False, threads=1)

@@ -28,17 +28,19 @@ import torch
 from conftest import one_error_line, run_cli
 from PIL import Image, ImageOps
 
-from cnnlab import api, pretrained
+from cnnlab import api
+from cnnlab import zoo as pretrained
+from cnnlab.attribution import grad_cam
 from cnnlab.config import load_config
 from cnnlab.data import fashion
 from cnnlab.data.images import load_photo
-from cnnlab.interpret import grad_cam
-from cnnlab.predictions import classify
-from cnnlab.report.overlays import heat_overlay
-from cnnlab.runs import load_model, load_run_config
-from cnnlab.segment import segment_photo
-from cnnlab.serve import Limits, create_app
-from cnnlab.serve_samples import FACADE_ABSENT, SAMPLE_MAX_BYTES
+from cnnlab.engine.checkpoint import load_model
+from cnnlab.infer.classify import classify
+from cnnlab.infer.segment import segment_photo
+from cnnlab.plots.overlays import heat_overlay
+from cnnlab.runs import load_run_config
+from cnnlab.serve.app import Limits, create_app
+from cnnlab.serve.samples import FACADE_ABSENT, SAMPLE_MAX_BYTES
 from cnnlab.tasks import get_task
 
 with warnings.catch_warnings():

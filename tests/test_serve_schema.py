@@ -15,7 +15,7 @@ from PIL import Image
 from schemathesis.config import SchemathesisConfig
 
 from cnnlab.data.images import FORMATS
-from cnnlab.serve import create_app
+from cnnlab.serve.app import create_app
 
 with warnings.catch_warnings():
     # Starlette 1.x asks for httpx2, which needs Python 3.11; httpx still works, and cnnlab supports 3.10.

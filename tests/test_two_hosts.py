@@ -24,7 +24,7 @@ import pytest
 import torch
 from conftest import IN_CI
 
-from cnnlab import checkpoint
+from cnnlab.engine import checkpoint
 
 pytestmark = pytest.mark.slow
 

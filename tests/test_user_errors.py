@@ -15,8 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from cnnlab import api, checkpoint, engine, outputs, runs
+from cnnlab import api, outputs, runs
 from cnnlab.config import config_keys, load_config
+from cnnlab.engine import trainer as engine
 
 FAST = ["--set", "train.threads=1", "--batch-size", "32", "--no-progress"]
 # engine.train's result, when the test stops short of training
@@ -249,7 +250,7 @@ def test_a_checked_output_path_can_be_written(tmp_path_factory, tree, target):
     path = root / target
     makers = {
         outputs.check_dir: lambda: path.mkdir(parents=True, exist_ok=True),
-        outputs.check_file: lambda: checkpoint.atomic_write(path, lambda t: t.write_text("y")),
+        outputs.check_file: lambda: outputs.atomic_write(path, lambda t: t.write_text("y")),
     }
     for check, make in makers.items():
         try:

@@ -19,11 +19,11 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 from test_serve import _declared_png, _encoded, serving
 
-from cnnlab import pretrained
+from cnnlab import zoo as pretrained
 from cnnlab.data import fashion
-from cnnlab.serve import Limits, create_app
+from cnnlab.plots.overlays import hex_to_rgb
+from cnnlab.serve.app import Limits, create_app
 from cnnlab.tasks import get_task
-from cnnlab.tasks.segment import hex_to_rgb
 
 with warnings.catch_warnings():
     # Starlette 1.x asks for httpx2, which needs Python 3.11; httpx still works, and cnnlab supports 3.10.

@@ -14,12 +14,13 @@ from typing import Any
 
 import torch
 
-from . import engine, evaluation, runs
-from .checkpoint import atomic_write
+from . import runs
 from .config import Override, RunConfig, load_config
+from .engine import checkpoint, evaluation
+from .engine import trainer as engine
+from .engine.state import TrainResult, console
 from .errors import ConfigError
-from .loop import TrainResult, console
-from .outputs import check_dir
+from .outputs import atomic_write, check_dir
 
 __all__ = ["evaluate", "load_model", "predict", "sweep_activations", "train"]
 
@@ -98,8 +99,8 @@ def evaluate(
     facades; "n" images. `data_dir` is where the run's data set is now, if it moved; `external` is another
     labelled facade folder to evaluate on instead. Prints nothing.
     """
-    from .pretrained import is_shipped_name
     from .report.run_page import write_report
+    from .zoo import is_shipped_name
 
     if is_shipped_name(run_dir):
         raise ConfigError(
@@ -143,9 +144,9 @@ def predict(
     progress bar on stderr.
     """
     from .data.images import image_files
-    from .predictions import predict_files
-    from .pretrained import resolve_any
+    from .infer.classify import predict_files
     from .sizes import MAX_SIDE, MIN_WORK_SIDE
+    from .zoo import resolve_any
 
     if not 1 <= top <= 10:
         raise ConfigError(f"top {top}: choose 1 to 10 classes")
@@ -185,9 +186,9 @@ def explain(
     "mean_confidence", "unsure_share" (pixels under 50%), "mean_entropy" (nats) and "area".
     """
     from .data.images import image_files
-    from .explain_photos import explain_files
-    from .pretrained import resolve_any
+    from .infer.explain import explain_files
     from .sizes import MAX_WORK_SIDE
+    from .zoo import resolve_any
 
     paths = image_files([Path(p) for p in images])
     if not paths:
@@ -199,9 +200,9 @@ def explain(
 def load_model(model: str | Path, which: str = "best", device: str = "cpu") -> tuple[torch.nn.Module, RunConfig]:
     """The network of a run folder or shipped model as a plain `torch.nn.Module` in eval mode, and its
     configuration. It takes normalised float NCHW input (see `cnnlab export`) and returns logits."""
-    from .pretrained import resolve_any
+    from .zoo import resolve_any
 
-    return runs.load_model(resolve_any(model), which, device)
+    return checkpoint.load_model(resolve_any(model), which, device)
 
 
 def sweep_activations(
@@ -214,7 +215,7 @@ def sweep_activations(
     """Train one Fashion-MNIST run per activation (relu, leaky_relu, sigmoid) into `out` and tabulate
     their validation and test accuracy and training time (also in sweep.md, sweep.json and sweep_curves.png)."""
     from .outputs import write_json
-    from .report.figures import plot_sweep
+    from .plots.figures import plot_sweep
 
     base = resolve_config("fashion", recipe, overrides, **shortcuts)
     out = Path(out) if out else runs.default_run_dir(base).with_name(f"sweep-activations-{base.recipe}")

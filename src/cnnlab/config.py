@@ -380,7 +380,7 @@ def _upgrade(data: dict) -> dict:
 
 def dump_config(cfg: RunConfig, path: Path) -> None:
     """Write the resolved configuration as YAML, atomically."""
-    from .checkpoint import atomic_write
+    from .outputs import atomic_write
 
     text = yaml.safe_dump(cfg.model_dump(), sort_keys=False)
     atomic_write(path, lambda tmp: tmp.write_text(text))

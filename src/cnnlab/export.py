@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 from . import __version__
-from .checkpoint import atomic_write
+from .engine.checkpoint import load_model
 from .errors import CheckpointError, ConfigError
-from .runs import load_model
+from .outputs import atomic_write
 from .tasks import Task, get_task
 
 # H and W the exported segmentation nets handle as PyTorch does. SeedA/SeedB resize their output back to

@@ -1,7 +1,7 @@
 """Where cnnlab writes. Every command checks its output paths here before it does any work, so a path
 it cannot use is one line at the start, not a traceback after an hour of training.
 
-Writing itself goes through `checkpoint.atomic_write` (temporary file, fsync, rename); JSON files
+Writing itself goes through `atomic_write` (temporary file, fsync, rename); JSON files
 (metrics, evaluations, figure data) through `write_json`.
 """
 
@@ -10,14 +10,22 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterable, Sequence
+import re
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 
-from .errors import CnnlabError
+from .errors import CheckpointError, CnnlabError
+
+# atomic_write's temporary names: mkstemp's 8 random characters between our prefix and suffix.
+_TEMP = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 class OutputError(CnnlabError):
@@ -108,6 +116,62 @@ def json_bytes(obj: Any) -> bytes:
 
 def write_json(path: Path, obj: Any) -> None:
     """Write `obj` as JSON to `path`, atomically."""
-    from .checkpoint import atomic_write
-
     atomic_write(path, lambda tmp: tmp.write_bytes(json_bytes(obj)))
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())
+
+
+def atomic_write(path: Path, write: Callable[[Path], Any], keep_previous: Path | None = None) -> None:
+    """Call write(tmp_path), fsync it, then rename over `path` (same folder, so the rename is atomic).
+
+    With `keep_previous`, the old `path` is moved there first, once the new file is safely on disk.
+    A failed write (a full disk, say) leaves the old file untouched, removes the temporary file and
+    raises CheckpointError; other exceptions from `write` pass through, also without a temporary file.
+    """
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        tmp = Path(name)
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; outputs should read like any other file
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        if keep_previous is not None and path.exists():
+            os.replace(path, keep_previous)
+        os.replace(tmp, path)
+    except (OSError, SafetensorError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else _one_line(e)
+        raise CheckpointError(
+            f"{path}: cannot write ({reason}); free disk space or fix permissions; the previous file is unchanged"
+        ) from None
+    finally:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def remove_stale_temps(folder: Path) -> int:
+    """Remove the temporary files that killed `atomic_write` calls left in `folder` and below; return how many.
+
+    Only names made by `atomic_write` (`.NAME.XXXXXXXX.tmp`) are touched, never other files. Call it
+    only while no other process writes into `folder`.
+    """
+    removed = 0
+    for parent, _, names in os.walk(folder):
+        for name in names:
+            path = Path(parent, name)
+            if _TEMP.fullmatch(name) and path.is_file() and not path.is_symlink():
+                try:
+                    path.unlink()
+                    removed += 1
+                except OSError:
+                    pass  # a leftover that cannot be removed is harmless; it must not stop a resume
+    return removed

@@ -17,6 +17,7 @@ import torch
 
 from ..errors import DataError
 from . import Split
+from .splits import stratified_split
 
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 MEAN, STD = 0.2860, 0.3530
@@ -138,19 +139,6 @@ def locate(data_dir: str | Path | None = None, *, allow_download: bool = True) -
         raise DataError("Fashion-MNIST not found; install dataset-fashion-mnist or pass --data-dir")
     download(cache_dir())
     return cache_dir()
-
-
-def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices (train, val) with `fraction` of every class in val, chosen by a seeded shuffle."""
-    gen = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(labels), generator=gen)
-    train, val = [], []
-    for c in labels.unique():
-        members = order[labels[order] == c]
-        k = round(len(members) * fraction)
-        val.append(members[:k])
-        train.append(members[k:])
-    return torch.cat(train).sort().values, torch.cat(val).sort().values
 
 
 def load(

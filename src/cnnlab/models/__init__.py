@@ -12,11 +12,11 @@ from ..errors import ConfigError
 def model_table(kind: str) -> dict[str, type[nn.Module]]:
     """The model classes of a task kind ("classify" or "segment") by name."""
     if kind == "classify":
-        from .fashion import MODELS
+        from .classify import MODELS
 
         return MODELS
     from .efficientnet import LiteUNet
-    from .facade import MODELS
+    from .segment import MODELS
 
     return {**MODELS, "lite0-unet": LiteUNet}
 

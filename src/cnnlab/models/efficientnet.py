@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from .facade import double_conv
 from .imagenet import load_lite0
+from .segment import double_conv
 
 # (repeats, kernel, stride, expand ratio, out channels) per stage, from the reference builder's
 # 'r1_k3_s11_e1_i32_o16', 'r2_k3_s22_e6_i16_o24', ... strings.

@@ -11,8 +11,8 @@ from typing import Any
 from .. import runs
 from ..errors import CheckpointError, ConfigError
 from ..outputs import OutputError, write_json
+from ..plots.compare import curves_figure, difference_figure, png_bytes
 from ..tasks import get_task
-from .compare_figures import curves_figure, difference_figure, png_bytes
 from .html import (
     _best_epoch,
     _class_label,

@@ -23,8 +23,8 @@ from typing import Any
 from PIL import Image
 
 from .. import __version__, runs
-from ..checkpoint import atomic_write
 from ..errors import CheckpointError
+from ..outputs import atomic_write
 from ..tasks import Task
 
 SPLITS = {"val": "validation", "test": "test", "external": "external data"}

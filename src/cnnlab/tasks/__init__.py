@@ -19,6 +19,7 @@ from ..config import RunConfig
 from ..data import Split
 from ..errors import ConfigError
 from ..models import build_model
+from ..plots.overlays import hex_to_rgb
 
 Batchable = Split
 
@@ -84,6 +85,11 @@ class Task:
         )
 
     @property
+    def rgb(self) -> list[tuple[int, int, int]]:
+        """The class colours as (r, g, b) bytes."""
+        return [hex_to_rgb(c) for c in self.colors]
+
+    @property
     def photo_mode(self) -> str:
         """How a user's photo is decoded for this model: "L" grey or "RGB"."""
         return "L" if self.channels == 1 else "RGB"
@@ -133,14 +139,21 @@ class Task:
         raise NotImplementedError
 
     def report_split(
-        self, run_dir: Path, split: str, data: Split, probs: torch.Tensor, metrics: dict, model: torch.nn.Module
+        self,
+        run_dir: Path,
+        split: str,
+        data: Split,
+        probs: torch.Tensor,
+        metrics: dict,
+        model: torch.nn.Module,
+        cfg: RunConfig,
     ) -> None:
         raise NotImplementedError
 
     def report_explanations(
         self, run_dir: Path, split: str, data: Split, probs: torch.Tensor, model: torch.nn.Module, cfg: RunConfig
     ) -> None:
-        """The explanation figures of one split (report/explanations.py): after `report_split`."""
+        """The explanation figures of one split (tasks/explanations.py): after `report_split`."""
         raise NotImplementedError
 
 

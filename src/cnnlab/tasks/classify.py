@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -12,7 +11,8 @@ from ..config import RunConfig
 from ..data import Split
 from ..data.augment import cls_augment
 from ..metrics import confusion_matrix, per_class_accuracy
-from ..report import figures
+from ..plots import canvas, figures
+from ..runs import read_eval
 from . import Task, nll
 
 
@@ -60,13 +60,13 @@ class ClassifyTask(Task):
         return f"loss {m['loss']:.4f}  acc {m['acc']:.2%}"
 
     def report_training(self, run_dir: Path, history: list[dict], model: torch.nn.Module, cfg: RunConfig) -> None:
-        from ..report.explanations import deep_filters
+        from .explanations import deep_filters
 
         out = run_dir / "figures"
         epochs = [r for r in history if r["kind"] == "epoch"]
         conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
         o, c, k, _ = conv.weight.shape
-        with figures.pdf_copies():
+        with canvas.pdf_copies():
             figures.plot_curves(history, out / "curves")
             figures.plot_learning_rate(history, out / "learning_rate", cfg.optim.schedule)
             figures.plot_per_class_over_epochs(
@@ -80,25 +80,27 @@ class ClassifyTask(Task):
             deep_filters(model, out)
 
     def report_split(
-        self, run_dir: Path, split: str, data: Split, probs: torch.Tensor, metrics: dict, model: torch.nn.Module
+        self,
+        run_dir: Path,
+        split: str,
+        data: Split,
+        probs: torch.Tensor,
+        metrics: dict,
+        model: torch.nn.Module,
+        cfg: RunConfig,
     ) -> None:
         out = run_dir / "figures"
         conf, pred = probs.max(1)
         y = data.targets
         cm = confusion_matrix(pred, y, len(self.classes))
-        columns = {s: e["per_class_acc"] for s in ("val", "test") if (e := _read_eval(run_dir, s)) is not None}
-        with figures.pdf_copies():
+        columns = {s: e["per_class_acc"] for s in ("val", "test") if (e := read_eval(run_dir, s)) is not None}
+        with canvas.pdf_copies():
             figures.plot_confusion(cm, self.classes, out / f"confusion_{split}", f"{split} confusion matrix")
             figures.plot_examples(data.x, y, pred, conf, self.classes, out / f"examples_{split}")
             figures.plot_per_class_table(columns, self.classes, out / "per_class_accuracy", "Per-class accuracy")
 
     def report_explanations(self, run_dir, split, data, probs, model, cfg) -> None:
-        from ..report.explanations import classify_explanations
+        from .explanations import classify_explanations
 
-        with figures.pdf_copies():
+        with canvas.pdf_copies():
             classify_explanations(self, run_dir, split, data, probs, model, cfg)
-
-
-def _read_eval(run_dir: Path, split: str) -> dict[str, Any] | None:
-    path = run_dir / f"eval_{split}.json"
-    return json.loads(path.read_text()) if path.is_file() else None

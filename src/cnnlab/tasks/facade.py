@@ -9,6 +9,7 @@ import torch
 from ..config import RunConfig
 from ..data import Split
 from ..data import facade as fdata
+from ..data.splits import group_keys, group_split
 from .segment import IMAGENET_MEAN, IMAGENET_STD, SegmentTask
 
 GROUP_KEY = "index-mod:302"  # files i, i+302 and i+604 show one building
@@ -30,8 +31,8 @@ class FacadeTask(SegmentTask):
         d = cfg.data
         d.group_key = d.group_key or GROUP_KEY
         fs = fdata.load_folder(fdata.find_facade_dir(d.dir), progress=progress)
-        groups = fdata.group_keys(fs.names, d.group_key)
-        idx = fdata.group_split(groups, val_fraction=d.val_fraction, test_fraction=d.test_fraction, seed=cfg.train.seed)
+        groups = group_keys(fs.names, d.group_key)
+        idx = group_split(groups, val_fraction=d.val_fraction, test_fraction=d.test_fraction, seed=cfg.train.seed)
         if d.limit is not None:
             idx["train"] = idx["train"][: d.limit]
         return {k: _split(fs, v) for k, v in idx.items()}

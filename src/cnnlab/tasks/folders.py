@@ -13,8 +13,7 @@ import torch
 from ..config import RunConfig
 from ..data import Rows, Split
 from ..data import folders as fd
-from ..data.facade import group_keys, group_split
-from ..data.fashion import stratified_split
+from ..data.splits import group_keys, group_split, stratified_split
 from ..errors import DataError
 from . import palette
 from .classify import ClassifyTask

@@ -12,19 +12,16 @@ import torch.nn.functional as F
 from ..config import RunConfig
 from ..data import Rows, Split
 from ..data.augment import seg_augment
-from ..data.facade import group_keys
+from ..data.splits import group_keys
 from ..errors import DataError
 from ..metrics import confusion_matrix, iou_per_class, per_class_average_precision, pixel_accuracy
-from ..report import figures
+from ..outputs import write_json
+from ..plots import canvas, figures
 from . import Task, nll
 
 # ImageNet statistics: for RGB photographs (the facade set's, and the default of RGB folders).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def hex_to_rgb(color: str) -> tuple[int, int, int]:
-    return int(color[1:3], 16), int(color[3:5], 16), int(color[5:7], 16)
 
 
 def class_frequencies(labels: torch.Tensor | Rows, num_classes: int) -> torch.Tensor:
@@ -177,7 +174,7 @@ class SegmentTask(Task):
 
     def report_training(self, run_dir: Path, history: list[dict], model: torch.nn.Module, cfg: RunConfig) -> None:
         out = run_dir / "figures"
-        with figures.pdf_copies():
+        with canvas.pdf_copies():
             figures.plot_curves(history, out / "curves", metric="map", metric_label="mean AP")
             figures.plot_learning_rate(history, out / "learning_rate", cfg.optim.schedule)
             epochs = [r for r in history if r["kind"] == "epoch"]
@@ -191,18 +188,23 @@ class SegmentTask(Task):
             )
 
     def report_split(
-        self, run_dir: Path, split: str, data: Split, probs: torch.Tensor, metrics: dict, model: torch.nn.Module
+        self,
+        run_dir: Path,
+        split: str,
+        data: Split,
+        probs: torch.Tensor,
+        metrics: dict,
+        model: torch.nn.Module,
+        cfg: RunConfig,
     ) -> None:
-        from ..runs import load_run_config  # here: runs imports the tasks
-
         out = run_dir / "figures"
         pred = probs.argmax(1)
         y = data.targets
         keep = slice(None) if self.ignore_index is None else y != self.ignore_index
         cm = confusion_matrix(pred[keep], y[keep], len(self.classes))
         scores = per_image_iou(pred, y, len(self.classes), self.ignore_index)
-        groups = case_groups(load_run_config(run_dir).data.group_key, data.names)
-        with figures.pdf_copies():
+        groups = case_groups(cfg.data.group_key, data.names)
+        with canvas.pdf_copies():
             figures.plot_confusion(cm, self.classes, out / f"confusion_{split}", f"{split} pixel confusion")
             figures.plot_per_class_table(
                 {"AP": metrics["ap"], "IoU": metrics["iou"]},
@@ -218,11 +220,11 @@ class SegmentTask(Task):
                     scores[pick].tolist(),
                     [data.names[i] for i in pick],
                     self.classes,
-                    [hex_to_rgb(c) for c in self.colors],
+                    self.rgb,
                     out / f"{name}_{split}",
                     f"{'Success' if name == 'best' else 'Failure'} cases ({split}, by mean IoU; one per group)",
                 )
-        figures.write_json(out / f"per_image_iou_{split}.json", dict(zip(data.names, scores.tolist(), strict=True)))
+        write_json(out / f"per_image_iou_{split}.json", dict(zip(data.names, scores.tolist(), strict=True)))
 
     @staticmethod
     def cases(scores: torch.Tensor, groups: Sequence[int]) -> dict[str, list[int]]:
@@ -235,9 +237,9 @@ class SegmentTask(Task):
         return {"best": best, "worst": _one_per_group(order[::-1], groups, k, set(best)) or order[-1:]}
 
     def report_explanations(self, run_dir, split, data, probs, model, cfg) -> None:
-        from ..report.explanations import segment_explanations
+        from .explanations import segment_explanations
 
         scores = per_image_iou(probs.argmax(1), data.targets, len(self.classes), self.ignore_index)
         cases = self.cases(scores, case_groups(cfg.data.group_key, data.names))
-        with figures.pdf_copies():
+        with canvas.pdf_copies():
             segment_explanations(self, run_dir, split, data, probs, model, cases, scores.tolist())

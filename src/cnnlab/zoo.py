@@ -5,7 +5,7 @@
     pretrained/NAME/environment.json               where and with what it was trained
     pretrained/NAME/card.json                      the model card: data, split, metrics, provenance
 
-so `runs.load_model` reads a shipped model exactly as it reads a run. The models called like their
+so `engine.checkpoint.load_model` reads a shipped model exactly as it reads a run. The models called like their
 task (`fashion`, `facade`) are that task's defaults. $CNNLAB_MODELS_DIR points elsewhere (tests).
 """
 
@@ -20,8 +20,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from . import checkpoint
 from .config import RunConfig, dump_config
+from .engine import checkpoint
 from .errors import CheckpointError
 from .outputs import write_json
 from .runs import RunPaths, load_run_config, read_eval, read_history
@@ -54,7 +54,7 @@ def is_shipped(folder: Path) -> bool:
 
 
 def resolve_model(ref: str | Path | None, task: str) -> Path:
-    """A folder for `runs.load_model`: a run folder of `task`, a shipped model's name, or None for
+    """A folder for `load_model`: a run folder of `task`, a shipped model's name, or None for
     the task's default shipped model."""
     if ref is not None and RunPaths(Path(ref)).config.is_file():
         found = load_run_config(Path(ref)).task

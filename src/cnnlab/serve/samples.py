@@ -16,12 +16,13 @@ from pathlib import Path
 
 from PIL import Image
 
-from .config import RunConfig
-from .data import facade as fdata
-from .errors import CnnlabError
-from .serve_schema import Sample
-from .tasks import Task
-from .tasks.facade import GROUP_KEY
+from ..config import RunConfig
+from ..data import facade as fdata
+from ..data.splits import group_keys, group_split
+from ..errors import CnnlabError
+from ..tasks import Task
+from ..tasks.facade import GROUP_KEY
+from .schema import Sample
 
 FACADE_SAMPLES = 3  # photos of distinct buildings
 SAMPLE_MAX_PX = 512  # a facade folder of large photos still gives small samples
@@ -47,7 +48,7 @@ class SampleFile:
 
 def _shipped(task: Task) -> list[SampleFile]:
     """The shipped samples of the task's data set (only Fashion-MNIST has any)."""
-    folder = files(__package__).joinpath("samples")
+    folder = files("cnnlab").joinpath("samples")
     manifest = json.loads(folder.joinpath("samples.json").read_text()).get(task.name)
     if manifest is None:
         return []
@@ -80,8 +81,8 @@ def facade_test_photos(cfg: RunConfig) -> list[Path]:
     folder = fdata.find_facade_dir(d.dir)
     photos = {p.stem: p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg")}
     names = sorted(photos)
-    groups = fdata.group_keys(names, d.group_key or GROUP_KEY)
-    split = fdata.group_split(groups, val_fraction=d.val_fraction, test_fraction=d.test_fraction, seed=cfg.train.seed)
+    groups = group_keys(names, d.group_key or GROUP_KEY)
+    split = group_split(groups, val_fraction=d.val_fraction, test_fraction=d.test_fraction, seed=cfg.train.seed)
     first_of_group: dict[int, str] = {}
     for i in split["test"].tolist():
         first_of_group.setdefault(groups[i], names[i])

@@ -12,15 +12,15 @@ import torch
 from matplotlib import colormaps
 from PIL import Image
 
-from .data.images import shrink
-from .interpret import grad_cam
-from .predictions import classify
-from .report.overlays import heat_overlay
-from .segment import MAX_SIDE as SEGMENT_MAX_SIDE
-from .segment import MAX_WORK_SIDE, label_png, segment_photo
-from .segment import MIN_SIDE as SEGMENT_MIN_SIDE
-from .serve_models import Served
-from .serve_schema import OVERLAY_MAX_PX, TOP, ClassifyResult, Guess, SegmentResult
+from ..attribution import grad_cam
+from ..data.images import shrink
+from ..infer.classify import classify
+from ..infer.segment import MAX_SIDE as SEGMENT_MAX_SIDE
+from ..infer.segment import MAX_WORK_SIDE, label_png, segment_photo
+from ..infer.segment import MIN_SIDE as SEGMENT_MIN_SIDE
+from ..plots.overlays import heat_overlay
+from .models import Served
+from .schema import OVERLAY_MAX_PX, TOP, ClassifyResult, Guess, SegmentResult
 
 CAM_MIN_PX = 224  # px: the class activation map sent back is at least this large
 CONFIDENCE_CMAP = "viridis"  # yellow sure, dark blue unsure: the page's legend says so

@@ -8,13 +8,12 @@ from pathlib import Path
 
 import torch
 
-from .. import interpret
+from .. import attribution as interpret
 from ..config import RunConfig
 from ..data import Split
-from ..tasks import Task
-from ..tasks.segment import hex_to_rgb
-from . import explain_figures as xf
-from .embedding import plot_embedding
+from ..plots import explain as xf
+from ..plots.embedding import plot_embedding
+from . import Task
 
 FEATURE_MAP_CHANNELS = 12  # per layer: the most active ones; 64 tiles a row would be too small to read
 
@@ -100,7 +99,7 @@ def segment_explanations(
     out = run_dir / "figures"
     model.eval()
     y = data.targets
-    colors = [hex_to_rgb(c) for c in task.colors]
+    colors = task.rgb
     conf, pred = probs.max(1)
     for name, pick in cases.items():
         # Entropy of the drawn images only: for the whole split it would be another copy of its probabilities.

@@ -18,16 +18,17 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from ..config import RunConfig, dump_config
+from ..errors import ConfigError, DataError, TrainingError
+from ..outputs import remove_stale_temps, write_json
+from ..runs import MetricsLog, RunPaths, read_history
+from ..tasks import get_task
 from . import checkpoint, distributed
-from .config import RunConfig, dump_config
-from .errors import ConfigError, DataError, TrainingError
+from .checkpoint import load_weights, open_run
 from .evaluation import check_input_size, evaluate, evaluate_split
-from .loop import EpochSums, LoopState, StopRequest, TrainResult, console, epoch_order, progress_bars, seeded
 from .optim import lr_at, make_optimizer, match_state_layout
-from .outputs import write_json
-from .runs import MetricsLog, RunPaths, load_weights, open_run, read_history
 from .runtime import environment, make_runtime
-from .tasks import get_task
+from .state import EpochSums, LoopState, StopRequest, TrainResult, console, epoch_order, progress_bars, seeded
 
 
 class Trainer:
@@ -104,7 +105,7 @@ class Trainer:
         if resume:
             self.extend(epochs)
             if self.dist.main:
-                checkpoint.remove_stale_temps(self.run_dir)
+                remove_stale_temps(self.run_dir)
                 if epochs is not None or data_dir is not None:
                     dump_config(cfg, self.paths.config)  # what the run now trains with, for evaluate and reports
             if self.state.epoch < cfg.train.epochs:

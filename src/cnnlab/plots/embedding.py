@@ -8,12 +8,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from matplotlib.offsetbox import AnnotationBbox, OffsetImage
 
-from .figures import _save
+from .canvas import save, subplots
 from .overlays import _rgb
 
 
@@ -56,7 +55,7 @@ def plot_embedding(
     lab = torch.as_tensor(labels).cpu().numpy().astype(int)
     near = _neighbour_labels(xy, lab) if len(xy) > 1 else np.zeros((len(xy), 0), dtype=int)
     overlap: dict[str, dict[str, Any]] = {}
-    fig, ax = plt.subplots(figsize=(9.5, 7))
+    fig, ax = subplots(figsize=(9.5, 7))
     size = 4 if len(xy) > 3000 else 10
     for c, name in enumerate(classes):
         members = np.flatnonzero(lab == c)
@@ -80,4 +79,4 @@ def plot_embedding(
     ax.grid(alpha=0.2)
     data = {"method": method, "n": len(xy), "overlap": overlap, "points": np.round(xy, 3).tolist(),
             "labels": lab.tolist()}  # fmt: skip
-    return _save(fig, path, data)
+    return save(fig, path, data)

@@ -11,9 +11,9 @@ from typing import Literal
 
 import typer
 
-from .config import DEFAULT_RECIPES, KINDS, recipe_names
-from .errors import CnnlabError
-from .sizes import MAX_SIDE, MAX_WORK_SIDE, MIN_WORK_SIDE
+from ..config import DEFAULT_RECIPES, KINDS, recipe_names
+from ..errors import CnnlabError
+from ..sizes import MAX_SIDE, MAX_WORK_SIDE, MIN_WORK_SIDE
 
 OVERRIDE_HELP = "Override a recipe value, e.g. --set train.epochs=3 --set optim.lr=3e-4 (repeatable)."
 PROGRESS_HELP = "Show progress bars (on stderr)."
@@ -73,7 +73,7 @@ def _train(sub: typer.Typer, task: str) -> None:
 
         Each epoch's line shows the training loss, then the validation numbers that pick the best checkpoint.
         Under torchrun (`torchrun --nproc_per_node=N -m cnnlab ...`) the processes share each batch."""
-        from . import api
+        from .. import api
 
         if resume is not None:
             fixed = {"--recipe": recipe, "--set": set_, "--batch-size": batch_size, "--lr": lr, "--seed": seed}
@@ -125,7 +125,7 @@ def _evaluate(sub: typer.Typer, task: str) -> None:
         figures into the run, and refreshes its report.html."""
         from rich.console import Console
 
-        from . import api
+        from .. import api
 
         m = api.evaluate(run, split=split, which=checkpoint, data_dir=data_dir, external=data)
         console = Console(highlight=False, soft_wrap=True)
@@ -139,8 +139,8 @@ def _per_class_table(run: Path, m: dict, checkpoint: str):
     """The split's per-class metrics as a rich Table, the means as its last row and the summary as its title."""
     from rich.table import Table
 
-    from .runs import load_run_config
-    from .tasks import get_task
+    from ..runs import load_run_config
+    from ..tasks import get_task
 
     task = get_task(load_run_config(run))
     fmt = "{:.2%}" if task.percent else "{:.4f}"
@@ -161,7 +161,7 @@ def _model_and_files(task: str, files: list[Path], model: str | None) -> tuple[P
         model, files = str(files[0]), files[1:]
     if not files:
         raise CnnlabError(f"no image files given; e.g. `cnnlab {task} predict RUN photo.jpg`")
-    from .pretrained import resolve_model
+    from ..zoo import resolve_model
 
     return resolve_model(model, task), files
 
@@ -187,7 +187,7 @@ def _classify_predict(sub: typer.Typer, task: str) -> None:
         progress: bool = typer.Option(True, help=PROGRESS_HELP),
     ) -> None:
         """Classify your own images; prints the top classes and what was done to each image."""
-        from . import api
+        from .. import api
 
         run, images = _model_and_files(task, files, model)
         results = api.predict(run, images, top=top, save_inputs=save_inputs, progress=progress)
@@ -231,7 +231,7 @@ def _segment_predict(sub: typer.Typer, task: str) -> None:
     ) -> None:
         """Segment your own photos: writes NAME_labels.png (class indices), NAME_overlay.png (with a legend),
         NAME_side_by_side.jpg (photo | overlay) and NAME_areas.json; prints each class's share of the photo."""
-        from . import api
+        from .. import api
 
         run, photos = _model_and_files(task, files, model)
         results = api.predict(run, photos, out=out, max_side=max_side, tta=tta, alpha=alpha, progress=progress)
@@ -255,7 +255,7 @@ def _sweep(sub: typer.Typer) -> None:
         progress: bool = typer.Option(True, help=PROGRESS_HELP),
     ) -> None:
         """Train with relu, leaky_relu and sigmoid; tabulate validation and test accuracy."""
-        from . import api
+        from .. import api
 
         results = api.sweep_activations(recipe, out, set_, progress=progress, epochs=epochs, limit=limit)
         for act, r in results.items():

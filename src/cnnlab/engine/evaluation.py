@@ -12,12 +12,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .config import RunConfig
-from .errors import CheckpointError, ConfigError, DataError
-from .outputs import write_json
-from .runs import load_model
+from ..config import RunConfig
+from ..errors import CheckpointError, ConfigError, DataError
+from ..outputs import write_json
+from ..tasks import Batchable, Task, get_task
+from .checkpoint import load_model
 from .runtime import Runtime, make_runtime
-from .tasks import Batchable, Task, get_task
 
 
 def shift(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
@@ -138,7 +138,7 @@ def evaluate(
         raise DataError(f"{external or f'{run_dir} ({split} split)'}: {e}") from None
     out = {"split": split, "checkpoint": which, "n": len(data[split]), **metrics}
     write_json(run_dir / f"eval_{split}.json", out)
-    task.report_split(run_dir, split, data[split], probs, metrics, model)
+    task.report_split(run_dir, split, data[split], probs, metrics, model, cfg)
     # Explanations once per evaluation of a model: on the test (or an external) split, on validation only
     # where there is no test split, so a finished run is explained once.
     if cfg.explain.figures and (split != "val" or not len(data.get("test", []))):

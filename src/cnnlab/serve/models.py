@@ -10,13 +10,14 @@ from pathlib import Path
 
 import torch
 
-from . import runs
-from .config import KINDS, RunConfig
-from .errors import CheckpointError, CnnlabError
-from .pretrained import is_shipped, resolve_any, resolve_model
-from .runtime import Runtime, inference_runtime
-from .serve_schema import Metric, ModelCard, ModelStatus
-from .tasks import Task, get_task
+from .. import runs
+from ..config import KINDS, RunConfig
+from ..engine.checkpoint import load_model
+from ..engine.runtime import Runtime, inference_runtime
+from ..errors import CheckpointError, CnnlabError
+from ..tasks import Task, get_task
+from ..zoo import is_shipped, resolve_any, resolve_model
+from .schema import Metric, ModelCard, ModelStatus
 
 DEFAULT_MODELS = {"classify": "fashion", "segment": "facade"}  # each slot's shipped model when none is given
 SPLITS = ("val", "test")  # the held-out splits a card reports, in the order the page shows them
@@ -76,7 +77,7 @@ def load_served(ref: str | Path | None, kind: str) -> Served:
     crash, so the other slot still serves."""
     try:
         folder = resolve_slot(ref, kind)
-        model, cfg = runs.load_model(folder)
+        model, cfg = load_model(folder)
         task = get_task(cfg)
     except CnnlabError as e:
         return Served(kind, error=str(e))

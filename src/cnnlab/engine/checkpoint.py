@@ -10,11 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import re
-import tempfile
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +19,16 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from safetensors.torch import save as serialize
 
-from .errors import CheckpointError, CnnlabWarning
+from ..config import RunConfig
+from ..errors import CheckpointError, CnnlabWarning, ConfigError
+from ..outputs import atomic_write, check_dir
+from ..runs import RunPaths, default_run_dir, load_run_config
+from ..tasks import get_task
+from .distributed import is_restart_of
 
 FORMAT = "cnnlab-checkpoint/2"
 # Format 1 hashed the tensors only; the shipped pretrained models are in it, so it still loads.
 FORMAT_1 = "cnnlab-checkpoint/1"
-# atomic_write's temporary names: mkstemp's 8 random characters between our prefix and suffix.
-_TEMP = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 class _Damaged(Exception):
@@ -88,60 +85,6 @@ def _digest_1(tensors: dict[str, torch.Tensor]) -> str:
 
 def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split())
-
-
-def atomic_write(path: Path, write: Callable[[Path], Any], keep_previous: Path | None = None) -> None:
-    """Call write(tmp_path), fsync it, then rename over `path` (same folder, so the rename is atomic).
-
-    With `keep_previous`, the old `path` is moved there first, once the new file is safely on disk.
-    A failed write (a full disk, say) leaves the old file untouched, removes the temporary file and
-    raises CheckpointError; other exceptions from `write` pass through, also without a temporary file.
-    """
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        tmp = Path(name)
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; outputs should read like any other file
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        if keep_previous is not None and path.exists():
-            os.replace(path, keep_previous)
-        os.replace(tmp, path)
-    except (OSError, SafetensorError) as e:
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else _one_line(e)
-        raise CheckpointError(
-            f"{path}: cannot write ({reason}); free disk space or fix permissions; the previous file is unchanged"
-        ) from None
-    finally:
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def remove_stale_temps(folder: Path) -> int:
-    """Remove the temporary files that killed `atomic_write` calls left in `folder` and below; return how many.
-
-    Only names made by `atomic_write` (`.NAME.XXXXXXXX.tmp`) are touched, never other files. Call it
-    only while no other process writes into `folder`.
-    """
-    removed = 0
-    for parent, _, names in os.walk(folder):
-        for name in names:
-            path = Path(parent, name)
-            if _TEMP.fullmatch(name) and path.is_file() and not path.is_symlink():
-                try:
-                    path.unlink()
-                    removed += 1
-                except OSError:
-                    pass  # a leftover that cannot be removed is harmless; it must not stop a resume
-    return removed
 
 
 def save(path: Path, state: dict[str, Any], keep_previous: bool = False) -> None:
@@ -230,3 +173,65 @@ def load_latest(path: Path) -> dict[str, Any]:
         ) from None
     warnings.warn(f"{path}: {problem}; using the previous checkpoint {prev.name}", CnnlabWarning, stacklevel=2)
     return saved
+
+
+def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], source: Path, cfg: RunConfig) -> None:
+    """Load `weights` into `model`; CheckpointError naming the first mismatch if they do not fit it
+    (a run folder whose config.yaml was edited after training)."""
+    expected = model.state_dict()
+    problems = [f"{k} is missing" for k in expected if k not in weights]
+    problems += [f"{k} is not in model {cfg.model.name}" for k in weights if k not in expected]
+    problems += [
+        f"{k} is {'x'.join(map(str, v.shape))}, model {cfg.model.name} needs {'x'.join(map(str, expected[k].shape))}"
+        for k, v in weights.items()
+        if k in expected and v.shape != expected[k].shape
+    ]
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise CheckpointError(
+            f"{source}: the weights do not fit the run's config.yaml ({problems[0]}{more}); config.yaml was changed "
+            "after training: restore it"
+        )
+    model.load_state_dict(weights)
+
+
+def load_model(run_dir: Path, which: str = "best", device: str = "cpu") -> tuple[torch.nn.Module, RunConfig]:
+    """The network of a run folder (its `which` checkpoint: best or last) in eval mode, and its configuration."""
+    if which not in ("best", "last"):
+        raise ConfigError(f"checkpoint {which!r}: choose best or last")
+    cfg = load_run_config(run_dir)
+    paths = RunPaths(Path(run_dir))
+    model = get_task(cfg).build_model(cfg)
+    path = paths.best if which == "best" else paths.last
+    load_weights(model, load_latest(path)["model"], path, cfg)
+    return model.to(device).eval(), cfg
+
+
+def open_run(
+    cfg: RunConfig | None, run_dir: Path | None, *, resume: bool, epochs: int | None, data_dir: str | Path | None
+) -> tuple[RunConfig, Path, bool, bool]:
+    """The configuration and folder of a run about to train: a new one (`cfg` into `run_dir`, which must
+    not hold a run), or the one in `run_dir` when resuming or when torchrun restarts the job that made it.
+    Returns (config, folder, resuming, restarted by torchrun)."""
+    env = RunPaths(run_dir).env if run_dir is not None else None
+    restarted = not resume and env is not None and env.is_file() and is_restart_of(json.loads(env.read_text()))
+    if restarted:
+        # torchrun --max-restarts restarted this job after a failure, with the same command: continue the
+        # run from its last checkpoint (every process reads the same folder: a shared filesystem).
+        resume = True
+    if resume:
+        if run_dir is None:
+            raise CheckpointError("--resume needs a run folder")
+        cfg = load_run_config(run_dir)
+        if data_dir is not None:
+            cfg.data.dir = str(Path(data_dir).expanduser().absolute())
+        return cfg, run_dir, True, restarted
+    if epochs is not None or data_dir is not None:
+        raise ConfigError("epochs and data_dir are for resuming; set them in the configuration of a new run")
+    run_dir = check_dir(run_dir or default_run_dir(cfg), "--out")
+    if RunPaths(run_dir).config.exists():
+        raise CheckpointError(f"{run_dir}: already holds a run; use --resume {run_dir} or another --out folder")
+    if cfg.data.dir is not None:
+        # Stored absolute: resume and evaluate run from any working folder.
+        cfg.data.dir = str(Path(cfg.data.dir).expanduser().absolute())
+    return cfg, run_dir, False, False

@@ -21,13 +21,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
-from .checkpoint import atomic_write
-from .config import RunConfig
-from .data.images import load_photo
-from .outputs import json_bytes, progress_over, unique_stems
-from .runtime import Runtime, inference_runtime
-from .sizes import MAX_SIDE, MAX_WORK_SIDE, MIN_SIDE
-from .tasks import Task
+from ..config import RunConfig
+from ..data.images import load_photo
+from ..engine.runtime import Runtime, inference_runtime
+from ..outputs import atomic_write, json_bytes, progress_over, unique_stems
+from ..plots.overlays import colorize
+from ..sizes import MAX_SIDE, MAX_WORK_SIDE, MIN_SIDE
+from ..tasks import Task
 
 TILE, OVERLAP, TILE_BATCH = 384, 64, 4
 _ROWS = 256  # rows of the full-size output resized and labelled at a time
@@ -129,10 +129,8 @@ def full_size_labels(probs: torch.Tensor, height: int, width: int) -> torch.Tens
 
 def label_png(labels: torch.Tensor, task: Task) -> Image.Image:
     """A palette PNG whose pixel values are the class indices, shown in the task's class colours."""
-    from .tasks.segment import hex_to_rgb
-
     im = Image.fromarray(labels.to(torch.uint8).numpy(), mode="P")
-    im.putpalette([v for color in task.colors for v in hex_to_rgb(color)])
+    im.putpalette([v for rgb in task.rgb for v in rgb])
     return im
 
 
@@ -183,16 +181,12 @@ def segment_photo(
 ) -> Segmentation:
     """Label map, overlay and class areas of one uint8 (3,H,W) photo; adds to `notes` how it was segmented.
     `alpha` is the class colours' weight in the overlay (0: the photo alone, 1: the colours alone)."""
-    # Imported here: the CLI reads this module's sizes for its --help, without loading matplotlib.
-    from .report.figures import colorize
-    from .tasks.segment import hex_to_rgb
-
     _, h, w = img.shape
     if max(h, w) > max_side:
         notes.append(f"segmented at {max_side} px on the longer side, then resized back to {w}x{h}")
     probs = segment(model, task, img, max_side, views, rt)
     labels = full_size_labels(probs, h, w)
-    colour = colorize(labels, [hex_to_rgb(c) for c in task.colors])
+    colour = colorize(labels, task.rgb)
     photo = img.permute(1, 2, 0).numpy()
     overlay = ((1 - alpha) * photo + alpha * colour).round().astype(np.uint8)
     area = torch.bincount(labels.flatten(), minlength=len(task.classes)).double() / labels.numel()

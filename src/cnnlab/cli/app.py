@@ -15,13 +15,13 @@ import typer
 from typer._click import Context
 from typer.core import TyperArgument, TyperOption
 
-from . import __version__
-from .cli_tasks import TITLES, task_app
-from .errors import CnnlabError
+from .. import __version__
+from ..errors import CnnlabError
+from .tasks import TITLES, task_app
 
 if TYPE_CHECKING:
     from typer._click import Command
-from .sizes import MAX_EXPLAIN_SIDE, MAX_WORK_SIDE, MIN_WORK_SIDE
+from ..sizes import MAX_EXPLAIN_SIDE, MAX_WORK_SIDE, MIN_WORK_SIDE
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -59,9 +59,9 @@ def report(
     ),
 ) -> None:
     """Write RUN/report.html (self-contained: open it offline or copy it anywhere), or a comparison page."""
-    from .outputs import check_file
-    from .report.compare import write_compare
-    from .report.run_page import write_report
+    from ..outputs import check_file
+    from ..report.compare import write_compare
+    from ..report.run_page import write_report
 
     if compare:
         out = check_file(out or Path("compare.html"), "--out", "compare.html")
@@ -80,9 +80,9 @@ def models() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from .pretrained import list_models, models_dir
-    from .runs import load_run_config
-    from .tasks import get_task
+    from ..runs import load_run_config
+    from ..tasks import get_task
+    from ..zoo import list_models, models_dir
 
     cards = list_models()
     if not cards:
@@ -128,7 +128,7 @@ def explain(
     """Why the model decided: class activation maps (Grad-CAM), integrated gradients and probabilities for a
     classifier; confidence, entropy and per-class activation maps for a segmenter. Writes NAME_explain.png
     and NAME_explain.json per image (segmenters also NAME_cams.png)."""
-    from . import api
+    from .. import api
 
     for r in api.explain(model, images, out=out, class_name=class_name, max_side=max_side):
         if "predicted" in r:
@@ -154,9 +154,9 @@ def export(
     ),
 ) -> None:
     """Export the network to ONNX: normalised float NCHW in, logits out, dynamic batch (and segmentation size)."""
-    from .export import export_onnx
-    from .outputs import check_file
-    from .pretrained import resolve_any
+    from ..export import export_onnx
+    from ..outputs import check_file
+    from ..zoo import resolve_any
 
     if format_ != "onnx":
         raise CnnlabError(f"--format {format_}: only onnx is supported")
@@ -192,7 +192,7 @@ def serve(
     """Serve a web page and a JSON API (/api/..., OpenAPI at /docs) for a classifier and a segmenter."""
     import uvicorn
 
-    from .serve import Limits, create_app
+    from ..serve.app import Limits, create_app
 
     if (classify is not None and fashion is not None) or (segment is not None and facade is not None):
         raise CnnlabError("--fashion and --facade are the old names of --classify and --segment; give each once")

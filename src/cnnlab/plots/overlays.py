@@ -1,11 +1,13 @@
-"""Maps drawn over images (class activation, confidence) as plain RGB arrays: for figures and for the web
-server, which needs no plotting library, only a colour map."""
+"""Pictures as plain arrays, for figures, the web server and label maps alike: maps drawn over images (class
+activation, confidence) through a colour map, label maps in class colours, tiles in a mosaic. Nothing here
+imports matplotlib until a colour map is needed."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
-from matplotlib import colormaps
 
 
 def _rgb(image: torch.Tensor) -> np.ndarray:
@@ -26,6 +28,8 @@ def heat_overlay(
     """Image (C,H,W) uint8 blended with heat (H,W) in [0, 1] (clipped) through a matplotlib colour map:
     an (H,W,3) uint8 RGB array. The colour's weight is alpha * heat (`weighted`), so where there is no
     heat the image shows unchanged; or alpha everywhere, for a map whose low values matter too."""
+    from matplotlib import colormaps  # here: a label map's colours need no matplotlib
+
     rgb = _rgb(image)
     h = np.clip(np.nan_to_num(_np(heat)), 0, 1)
     if h.shape != rgb.shape[:2]:
@@ -45,3 +49,26 @@ def mass_centre(heat: torch.Tensor) -> list[float] | None:
     rows = (torch.arange(h.shape[0], dtype=torch.double) + 0.5) / h.shape[0]
     cols = (torch.arange(h.shape[1], dtype=torch.double) + 0.5) / h.shape[1]
     return [round(float((h.sum(1) * rows).sum()) / total, 4), round(float((h.sum(0) * cols).sum()) / total, 4)]
+
+
+def hex_to_rgb(color: str) -> tuple[int, int, int]:
+    """"#RRGGBB" -> (r, g, b)."""
+    return int(color[1:3], 16), int(color[3:5], 16), int(color[5:7], 16)
+
+
+def colorize(labels: torch.Tensor, colors: Sequence[tuple[int, int, int]]) -> np.ndarray:
+    """(H,W) class indices to an (H,W,3) uint8 colour image; values past the classes (an ignore value)
+    are white."""
+    palette = np.full((256, 3), 255, dtype=np.uint8)
+    palette[: len(colors)] = np.asarray(colors, dtype=np.uint8)
+    return palette[labels.numpy().astype(np.uint8)]
+
+
+def mosaic(tiles: torch.Tensor, rows: int, cols: int, gap: int = 1) -> np.ndarray:
+    """(N,k,k) tiles into one (rows*(k+gap), cols*(k+gap)) image with NaN gaps (one imshow, not N)."""
+    n, kh, kw = tiles.shape
+    out = torch.full((rows * (kh + gap) - gap, cols * (kw + gap) - gap), float("nan"))
+    for i in range(n):
+        r, c = divmod(i, cols)
+        out[r * (kh + gap) : r * (kh + gap) + kh, c * (kw + gap) : c * (kw + gap) + kw] = tiles[i]
+    return out.numpy()

@@ -1,61 +1,21 @@
-"""Analysis figures. Each `plot_*` writes NAME.png and the numbers behind it as NAME.json; inside
-`pdf_copies()` (the run report's figures) also NAME.pdf, to download from the report."""
+"""The run report's analysis figures: curves, learning rate, per-class results, confusion matrices,
+examples, filters, segmentation cases and the activation sweep (saving: `canvas`)."""
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from ..checkpoint import atomic_write
-from ..interpret import pick_examples
-from ..outputs import write_json
-
-DPI = 150  # sharp in print and on high-density screens; the page shows figures at their 110-dpi size
-# Downloads are PDF, not SVG: measured on a fashion and a facade run (figures at 150 dpi, 2 cores), SVG
-# took as long as PDF but was 2.5x (fashion, 1.8 MB) and 1.7x (facade, 4.3 MB) the size, since its
-# pictures (examples, feature maps, cases, thumbnails) are base64 PNGs while PDF compresses them; and a
-# PDF goes straight into LaTeX. Text and lines stay vectors, pictures are embedded at their own pixels.
-_PDF_COPIES = contextvars.ContextVar("pdf_copies", default=False)
-# No creation date: the same figure gives the same bytes.
-_PDF_METADATA = {"CreationDate": None}
-
-
-@contextlib.contextmanager
-def pdf_copies() -> Iterator[None]:
-    """Figures saved inside this block also get a PDF copy (NAME.pdf): the report links them for
-    download. Other figures (`cnnlab explain`'s) stay PNG and JSON."""
-    token = _PDF_COPIES.set(True)
-    try:
-        yield
-    finally:
-        _PDF_COPIES.reset(token)
-
-
-def _save(fig: plt.Figure, path: Path, data: Any, layout: bool = True) -> Path:
-    # Suffixes appended, not swapped: a photo named `my.street` keeps its whole name.
-    png, numbers = path.with_name(path.name + ".png"), path.with_name(path.name + ".json")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if layout:
-        fig.tight_layout()
-    atomic_write(png, lambda tmp: fig.savefig(tmp, dpi=DPI, format="png"))
-    if _PDF_COPIES.get():
-        pdf = path.with_name(path.name + ".pdf")
-        atomic_write(pdf, lambda tmp: fig.savefig(tmp, dpi=DPI, format="pdf", metadata=_PDF_METADATA))
-    plt.close(fig)
-    write_json(numbers, data)
-    return png
+from ..attribution import pick_examples
+from .canvas import save, subplots
+from .overlays import colorize, mosaic
 
 
 def smooth(values: Sequence[float], window: int) -> np.ndarray:
@@ -88,7 +48,7 @@ def plot_curves(history: list[dict], path: Path, metric: str = "acc", metric_lab
     if metric != "acc":
         panels.append((metric, metric_label, f"Validation {metric_label}"))
     # One y-axis per plot: two scales sharing one plot are easily misread.
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8), squeeze=False)
+    fig, axes = subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8), squeeze=False)
     data["plots"] = []
     for ax, (key, label, title) in zip(axes[0], panels, strict=True):
         drawn = []
@@ -113,7 +73,7 @@ def plot_curves(history: list[dict], path: Path, metric: str = "acc", metric_lab
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         data["plots"].append({"title": title, "ylabel": label, "series": drawn})
-    return _save(fig, path, data)
+    return save(fig, path, data)
 
 
 def plot_learning_rate(history: list[dict], path: Path, schedule: str) -> Path:
@@ -123,7 +83,7 @@ def plot_learning_rate(history: list[dict], path: Path, schedule: str) -> Path:
     steps_per_epoch = epochs[0]["step"] if epochs else max(1, len(batches))
     steps = [r["step"] for r in batches]
     lr = [r["lr"] for r in batches]
-    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    fig, ax = subplots(figsize=(5.5, 3.2))
     ax.plot(np.array(steps) / steps_per_epoch, lr, color="tab:purple", lw=1.5)
     ax.set_xlabel("epoch")
     ax.set_ylabel("learning rate")
@@ -131,7 +91,7 @@ def plot_learning_rate(history: list[dict], path: Path, schedule: str) -> Path:
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     ax.set_title(f"Learning rate per batch ({schedule} schedule)", fontsize=10)
-    return _save(fig, path, {"schedule": schedule, "steps_per_epoch": steps_per_epoch, "step": steps, "lr": lr})
+    return save(fig, path, {"schedule": schedule, "steps_per_epoch": steps_per_epoch, "step": steps, "lr": lr})
 
 
 def plot_per_class_over_epochs(
@@ -142,7 +102,7 @@ def plot_per_class_over_epochs(
     ylabel: str,
     colors: Sequence[str] | None = None,
 ) -> Path:
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, ax = subplots(figsize=(8, 4.5))
     arr = np.array(values, dtype=float)
     for c, name in enumerate(classes):
         ax.plot(epochs, arr[:, c], "o-", ms=3, label=name, color=colors[c] if colors else None)
@@ -151,14 +111,14 @@ def plot_per_class_over_epochs(
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncol=2 if len(classes) > 5 else 1, loc="lower right")
     ax.set_title(f"Validation {ylabel} per class")
-    return _save(fig, path, {"epoch": epochs, "classes": list(classes), "values": arr})
+    return save(fig, path, {"epoch": epochs, "classes": list(classes), "values": arr})
 
 
 def plot_per_class_table(
     columns: dict[str, list[float]], classes: Sequence[str], path: Path, title: str, colors: Sequence[str] | None = None
 ) -> Path:
     """Grouped bars per class for each column (e.g. validation and test), with the numbers printed."""
-    fig, ax = plt.subplots(figsize=(max(7, len(classes) * 0.9), 4.2))
+    fig, ax = subplots(figsize=(max(7, len(classes) * 0.9), 4.2))
     width = 0.8 / len(columns)
     for j, (name, vals) in enumerate(columns.items()):
         xs = np.arange(len(classes)) + (j - (len(columns) - 1) / 2) * width
@@ -177,14 +137,14 @@ def plot_per_class_table(
     ax.set_title(title)
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(axis="y", alpha=0.3)
-    return _save(fig, path, {"classes": list(classes), **columns})
+    return save(fig, path, {"classes": list(classes), **columns})
 
 
 def plot_confusion(cm: torch.Tensor, classes: Sequence[str], path: Path, title: str) -> Path:
     """Counts and row-normalised confusion matrices side by side (rows: truth, columns: prediction)."""
     counts = cm.double()
     norm = counts / counts.sum(1, keepdim=True).clamp_min(1)
-    fig, axes = plt.subplots(1, 2, figsize=(14, 6))
+    fig, axes = subplots(1, 2, figsize=(14, 6))
     for ax, mat, fmt, name in ((axes[0], counts, "{:.0f}", "counts"), (axes[1], norm, "{:.2f}", "row-normalised")):
         ax.imshow(norm.numpy(), cmap="Blues", vmin=0, vmax=1)
         for i in range(len(classes)):
@@ -203,7 +163,7 @@ def plot_confusion(cm: torch.Tensor, classes: Sequence[str], path: Path, title: 
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
         ax.set_title(f"{title} ({name})")
-    return _save(fig, path, {"classes": list(classes), "counts": cm, "normalised": norm})
+    return save(fig, path, {"classes": list(classes), "counts": cm, "normalised": norm})
 
 
 def plot_examples(
@@ -218,7 +178,7 @@ def plot_examples(
     """For each class (a row), `per_class` correctly and `per_class` wrongly classified images."""
     n, cols, side, gap = len(classes), 2 * per_class, images.shape[-1], 4
     # One axes per row with the tiles pasted side by side: ten axes draw far faster than forty.
-    fig, axes = plt.subplots(n, 1, figsize=(cols * 1.6 + 1.4, n * 1.55))
+    fig, axes = subplots(n, 1, figsize=(cols * 1.6 + 1.4, n * 1.55))
     chosen: dict[str, dict[str, list[int]]] = {}
     picks = pick_examples(true, pred, n, per_class)
     for c, ax in enumerate(np.atleast_1d(axes)):
@@ -249,7 +209,7 @@ def plot_examples(
     fig.suptitle(
         f"True class per row: {per_class} correct (green) and {per_class} wrong (red: predicted label)", fontsize=9
     )
-    return _save(
+    return save(
         fig,
         path,
         {
@@ -257,16 +217,6 @@ def plot_examples(
             "wrong_predictions": {k: [classes[int(pred[i])] for i in v["wrong"]] for k, v in chosen.items()},
         },
     )
-
-
-def _mosaic(tiles: torch.Tensor, rows: int, cols: int, gap: int = 1) -> np.ndarray:
-    """(N,k,k) tiles into one (rows*(k+gap), cols*(k+gap)) image with NaN gaps (one imshow, not N)."""
-    n, kh, kw = tiles.shape
-    out = torch.full((rows * (kh + gap) - gap, cols * (kw + gap) - gap), float("nan"))
-    for i in range(n):
-        r, c = divmod(i, cols)
-        out[r * (kh + gap) : r * (kh + gap) + kh, c * (kw + gap) : c * (kw + gap) + kw] = tiles[i]
-    return out.numpy()
 
 
 def plot_filters(weight: torch.Tensor, path: Path, title: str) -> Path:
@@ -279,37 +229,29 @@ def plot_filters(weight: torch.Tensor, path: Path, title: str) -> Path:
         # Each first-layer filter is scaled on its own, as the reports show them (the pattern matters).
         t = w[:, 0]
         lo, hi = t.amin((1, 2), keepdim=True), t.amax((1, 2), keepdim=True)
-        img, cmap, lim = _mosaic((t - lo) / (hi - lo).clamp_min(1e-12), rows, cols), "gray", None
+        img, cmap, lim = mosaic((t - lo) / (hi - lo).clamp_min(1e-12), rows, cols), "gray", None
         xlabel, ylabel = f"{out_c} filters ({k}x{k}), each scaled to its own range", ""
     elif in_c * out_c <= 64 * 128:
         rows, cols = in_c, out_c
-        img, cmap, lim = _mosaic(w.transpose(0, 1).reshape(-1, k, k), rows, cols), "RdBu_r", float(w.abs().max())
+        img, cmap, lim = mosaic(w.transpose(0, 1).reshape(-1, k, k), rows, cols), "RdBu_r", float(w.abs().max())
         xlabel, ylabel = f"output filter (1..{out_c})", f"input channel (1..{in_c})"
     else:  # too many kernels to read one by one: each output filter averaged over its inputs
         cols = 16
         rows = math.ceil(out_c / cols)
-        img, cmap, lim = _mosaic(w.mean(1), rows, cols), "RdBu_r", float(w.mean(1).abs().max())
+        img, cmap, lim = mosaic(w.mean(1), rows, cols), "RdBu_r", float(w.mean(1).abs().max())
         xlabel, ylabel = f"{out_c} filters, averaged over their {in_c} input channels", ""
     inch = min(14 / img.shape[1], 10 / img.shape[0], 0.12)  # inches per kernel pixel, aspect kept
-    fig, ax = plt.subplots(figsize=(1.2 + img.shape[1] * inch, 1.2 + img.shape[0] * inch))
+    fig, ax = subplots(figsize=(1.2 + img.shape[1] * inch, 1.2 + img.shape[0] * inch))
     ax.imshow(img, cmap=cmap, vmin=-lim if lim else None, vmax=lim, interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_xlabel(xlabel, fontsize=8)
     ax.set_ylabel(ylabel, fontsize=8)
     ax.set_title(title, fontsize=9)
-    return _save(fig, path, {"shape": list(w.shape), "weights": w})
+    return save(fig, path, {"shape": list(w.shape), "weights": w})
 
 
-def colorize(labels: torch.Tensor, colors: Sequence[tuple[int, int, int]]) -> np.ndarray:
-    """(H,W) class indices to an (H,W,3) uint8 colour image; values past the classes (an ignore value)
-    are white."""
-    palette = np.full((256, 3), 255, dtype=np.uint8)
-    palette[: len(colors)] = np.asarray(colors, dtype=np.uint8)
-    return palette[labels.numpy().astype(np.uint8)]
-
-
-def class_legend(fig: plt.Figure, classes: Sequence[str], colors: Sequence[tuple[int, int, int]], loc: str) -> None:
+def class_legend(fig: Figure, classes: Sequence[str], colors: Sequence[tuple[int, int, int]], loc: str) -> None:
     """A row of class-colour swatches under a figure of label maps."""
     handles = [Patch(color=np.array(col) / 255, label=name) for name, col in zip(classes, colors, strict=True)]
     fig.legend(handles=handles, loc=loc, ncol=min(len(classes), 6), fontsize=8, frameon=False)
@@ -328,7 +270,7 @@ def plot_segmentation_cases(
 ) -> Path:
     """Rows of image | ground truth | prediction in the class colours, with a legend."""
     n = len(images)
-    fig, axes = plt.subplots(n, 3, figsize=(9, 3 * n), squeeze=False)
+    fig, axes = subplots(n, 3, figsize=(9, 3 * n), squeeze=False)
     for r in range(n):
         image = images[r].permute(1, 2, 0).numpy()
         image = image.squeeze(2) if image.shape[2] == 1 else image
@@ -342,12 +284,12 @@ def plot_segmentation_cases(
     fig.tight_layout(rect=(0, 0.05, 1, 0.97))  # room for the legend below
     # The images' size: the report's architecture table works out FLOPs for one input of it.
     data = {"names": names, "mean_iou": scores, "image_size": list(images.shape[-2:])}
-    return _save(fig, path, data, layout=False)
+    return save(fig, path, data, layout=False)
 
 
 def plot_sweep(histories: dict[str, list[dict]], path: Path, metric: str = "acc") -> Path:
     """Validation loss and `metric` per epoch of several runs, overlaid."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = subplots(1, 2, figsize=(11, 4))
     data: dict[str, Any] = {}
     for name, hist in histories.items():
         epochs = [r for r in hist if r["kind"] == "epoch"]
@@ -364,4 +306,4 @@ def plot_sweep(histories: dict[str, list[dict]], path: Path, metric: str = "acc"
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    return _save(fig, path, data)
+    return save(fig, path, data)

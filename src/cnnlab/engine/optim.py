@@ -7,8 +7,8 @@ import math
 
 import torch
 
-from .config import RunConfig
-from .errors import ConfigError
+from ..config import RunConfig
+from ..errors import ConfigError
 
 
 def lr_at(cfg: RunConfig, step: int, total: int) -> float:

@@ -11,9 +11,9 @@ from typing import Any
 
 import torch
 
-from . import __version__
-from .config import RunConfig
-from .errors import ConfigError
+from .. import __version__
+from ..config import RunConfig
+from ..errors import ConfigError
 
 _DEFAULT_THREADS = torch.get_num_threads()  # one per physical core: what torch picks, before any run changes it
 

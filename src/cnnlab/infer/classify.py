@@ -9,13 +9,12 @@ from typing import Any
 import torch
 from PIL import Image
 
-from .checkpoint import atomic_write
-from .data.images import load_photo
-from .errors import ConfigError
-from .outputs import check_dir, progress_over, unique_stems
-from .runs import load_model
-from .sizes import MAX_WORK_SIDE
-from .tasks import Task, get_task
+from ..data.images import load_photo
+from ..engine.checkpoint import load_model
+from ..errors import ConfigError
+from ..outputs import atomic_write, check_dir, progress_over, unique_stems
+from ..sizes import MAX_WORK_SIDE
+from ..tasks import Task, get_task
 
 
 def predict_files(
@@ -33,7 +32,7 @@ def predict_files(
     model, cfg = load_model(run_dir)
     task = get_task(cfg)
     if task.kind == "segment":
-        from .pretrained import is_shipped
+        from ..zoo import is_shipped
         from .segment import recipe_views, segment_files
 
         if save_inputs is not None:

@@ -10,26 +10,28 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from matplotlib.axes import Axes
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
 
-from .figures import _mosaic, _save, class_legend, colorize
-from .overlays import _np, _rgb, heat_overlay, mass_centre
+from .canvas import save, subplots
+from .figures import class_legend
+from .overlays import _np, _rgb, colorize, heat_overlay, mass_centre, mosaic
 
 CAM_LABEL = "Grad-CAM (0: no evidence, 1: strongest)"
 
 
-def _colorbar(fig: plt.Figure, mappable: Any, label: str, **kw: Any) -> Any:
+def _colorbar(fig: Figure, mappable: Any, label: str, **kw: Any) -> Any:
     cb = fig.colorbar(mappable, **kw)
     cb.set_label(label, fontsize=7)
     cb.ax.tick_params(labelsize=7)
     return cb
 
 
-def _side_colorbar(fig: plt.Figure, axes: Sequence[plt.Axes], mappable: Any, label: str) -> Any:
+def _side_colorbar(fig: Figure, axes: Sequence[Axes], mappable: Any, label: str) -> Any:
     """A colour bar just right of the images drawn in `axes`, once laid out: equal-aspect images are often
     narrower than their axes, and a bar at a fixed place would float away from them."""
     boxes = []
@@ -47,7 +49,7 @@ def _cam_mappable(cmap: str = "jet") -> ScalarMappable:
     return ScalarMappable(Normalize(0, 1), cmap)
 
 
-def _bare(ax: plt.Axes) -> None:
+def _bare(ax: Axes) -> None:
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_frame_on(False)
@@ -72,7 +74,7 @@ def plot_cam_examples(
     side_h, side_w, gap = images.shape[-2], images.shape[-1], 4
     per = max([1] + [max(len(r), len(w)) for r, w in picks.values()])
     cols, order = 2 * per, list(picks)
-    fig, axes = plt.subplots(len(order), 1, figsize=(cols * 1.45 + 2.4, len(order) * 1.55 + 0.6), squeeze=False)
+    fig, axes = subplots(len(order), 1, figsize=(cols * 1.45 + 2.4, len(order) * 1.55 + 0.6), squeeze=False)
     chosen: dict[str, dict[str, list[int]]] = {}
     centres: dict[int, list[float] | None] = {}
     for ax, c in zip(axes[:, 0], order, strict=True):
@@ -97,7 +99,7 @@ def plot_cam_examples(
     cb = _side_colorbar(fig, axes[:, 0], _cam_mappable(), "Grad-CAM evidence")
     cb.set_ticks([0, 0.5, 1], labels=["0 none", "0.5", "1 strongest"])
     data = {"classes": list(classes), "picks": chosen, "cam_mass_centre": centres}
-    return _save(fig, path, data, layout=False)
+    return save(fig, path, data, layout=False)
 
 
 def plot_attributions(
@@ -115,7 +117,7 @@ def plot_attributions(
     n = len(panels) + 2
     cols = n if n <= 6 else math.ceil(n / 2)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 3.0, rows * 2.8 + 0.5), squeeze=False)
+    fig, axes = subplots(rows, cols, figsize=(cols * 3.0, rows * 2.8 + 0.5), squeeze=False)
     flat = axes.ravel()
     flat[0].imshow(_rgb(image), interpolation="nearest")
     flat[0].set_title("input", fontsize=8)
@@ -148,7 +150,7 @@ def plot_attributions(
         ax.axis("off")
     fig.suptitle(title, fontsize=10)
     data = {"top": [[c, p] for c, p in zip(names, probs, strict=True)], "panels": [p[0] for p in panels]}
-    return _save(fig, path, {**data, "stats": stats})
+    return save(fig, path, {**data, "stats": stats})
 
 
 def plot_feature_maps(
@@ -170,13 +172,13 @@ def plot_feature_maps(
     n = len(chosen)
     ratios = [images.shape[-1] / images.shape[-2], (n * (w + 1) - 1) / h]
     row_h = min(1.1, 12.5 / sum(ratios))
-    fig, axes = plt.subplots(k, 2, figsize=(sum(ratios) * row_h + 2.2, k * row_h * 1.15 + 0.9), squeeze=False,
+    fig, axes = subplots(k, 2, figsize=(sum(ratios) * row_h + 2.2, k * row_h * 1.15 + 0.9), squeeze=False,
                              gridspec_kw={"width_ratios": ratios})  # fmt: skip
     im = None
     for r in range(k):
         axes[r, 0].imshow(_rgb(images[r]), interpolation="nearest")
         axes[r, 0].set_ylabel(names[r], rotation=0, ha="right", va="center", fontsize=8)
-        im = axes[r, 1].imshow(_mosaic(shown[r], 1, n), cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+        im = axes[r, 1].imshow(mosaic(shown[r], 1, n), cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
         for ax in axes[r]:
             _bare(ax)
     axes[0, 0].set_title("input", fontsize=7)
@@ -187,7 +189,7 @@ def plot_feature_maps(
     fig.tight_layout(rect=(0, 0, 1 - 1.0 / fig.get_figwidth(), 0.97))
     _side_colorbar(fig, axes[:, 1], im, "activation")
     data = {"layer": layer, "shape": [c, h, w], "channels": chosen.tolist(), "mean_abs": mean_abs[chosen].tolist()}
-    return _save(fig, path, data, layout=False)
+    return save(fig, path, data, layout=False)
 
 
 def plot_top_filters(weight: torch.Tensor, path: Path, title: str, top: int = 16, slices: int = 8) -> Path:
@@ -201,10 +203,10 @@ def plot_top_filters(weight: torch.Tensor, path: Path, title: str, top: int = 16
     picks = [torch.argsort(w[f].flatten(1).norm(dim=1), descending=True, stable=True)[:s] for f in filters]
     tiles = torch.stack([w[f, p] for f, p in zip(filters, picks, strict=True)]).reshape(-1, kh, kw)
     gap = max(1, math.ceil(kh / 3))  # room for each tile's caption, even for 7x7 kernels
-    img = _mosaic(tiles, len(filters), s, gap)
+    img = mosaic(tiles, len(filters), s, gap)
     lim = max(float(tiles.abs().max()), 1e-12)
     inch = min(0.16, 9.5 / img.shape[0], 8 / img.shape[1])
-    fig, ax = plt.subplots(figsize=(img.shape[1] * inch + 3.0, img.shape[0] * inch + 1.4))
+    fig, ax = subplots(figsize=(img.shape[1] * inch + 3.0, img.shape[0] * inch + 1.4))
     im = ax.imshow(img, cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
     for r, p in enumerate(picks):
         for j, i in enumerate(p.tolist()):
@@ -222,7 +224,7 @@ def plot_top_filters(weight: torch.Tensor, path: Path, title: str, top: int = 16
     _colorbar(fig, im, "weight", ax=ax, fraction=0.05, pad=0.03)
     data = {"shape": list(w.shape), "filters": filters.tolist(), "norms": norms[filters].tolist(),
             "slices": [p.tolist() for p in picks]}  # fmt: skip
-    return _save(fig, path, data)
+    return save(fig, path, data)
 
 
 def plot_reliability(cal: dict, path: Path, title: str) -> Path:
@@ -233,7 +235,7 @@ def plot_reliability(cal: dict, path: Path, title: str) -> Path:
     count = np.asarray(cal["count"], dtype=float)
     left, width = edges[:-1], np.diff(edges)
     seen = (count > 0) & np.isfinite(acc) & np.isfinite(conf)
-    fig, (ax, axc) = plt.subplots(2, 1, figsize=(5.8, 6.2), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    fig, (ax, axc) = subplots(2, 1, figsize=(5.8, 6.2), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     x, bw = left[seen], width[seen]
     ax.bar(x, acc[seen], bw, align="edge", color="tab:blue", edgecolor="black", lw=0.5, label="accuracy")
     ax.bar(x, np.abs(conf - acc)[seen], bw, bottom=np.minimum(acc, conf)[seen], align="edge", color="red", alpha=0.3,
@@ -252,7 +254,7 @@ def plot_reliability(cal: dict, path: Path, title: str) -> Path:
     axc.set_xlabel("confidence (probability of the predicted class)")
     axc.grid(axis="y", alpha=0.3)
     ax.set_title(f"{title}: ECE {float(cal['ece']):.3f}", fontsize=10)
-    return _save(fig, path, {**cal, "ece": float(cal["ece"])})
+    return save(fig, path, {**cal, "ece": float(cal["ece"])})
 
 
 def plot_confidence_cases(
@@ -279,7 +281,7 @@ def plot_confidence_cases(
     cols = len(heads)
     # Constrained layout: it keeps the row titles clear of the images above and puts each colour bar under
     # its own column, which tight_layout does not for axes without frames.
-    fig, axes = plt.subplots(n, cols, figsize=(2.6 * cols, 2.6 * n + 1.3), squeeze=False, layout="constrained")
+    fig, axes = subplots(n, cols, figsize=(2.6 * cols, 2.6 * n + 1.3), squeeze=False, layout="constrained")
     for r in range(n):
         truth = [] if truths is None else [colorize(truths[r].cpu(), colors)]
         panels = (_rgb(images[r]), *truth, colorize(preds[r].cpu(), colors))
@@ -299,7 +301,7 @@ def plot_confidence_cases(
     fig.suptitle(title, fontsize=10)
     data = {"names": names, "mean_iou": scores, "mean_confidence": [float(x.float().mean()) for x in conf],
             "mean_entropy": [float(x.float().mean()) for x in entropy]}  # fmt: skip
-    return _save(fig, path, data, layout=False)
+    return save(fig, path, data, layout=False)
 
 
 def plot_class_cams(
@@ -316,7 +318,7 @@ def plot_class_cams(
     rows = 2 if n > 4 else 1
     cols = math.ceil(n / rows)
     # Constrained layout, as in plot_confidence_cases: tight_layout lets frameless titles touch the row above.
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 3.0 + 1.2, rows * 3.0 + 1.0), squeeze=False,
+    fig, axes = subplots(rows, cols, figsize=(cols * 3.0 + 1.2, rows * 3.0 + 1.0), squeeze=False,
                              layout="constrained")  # fmt: skip
     flat = axes.ravel()
     flat[0].imshow(_rgb(image), interpolation="nearest")
@@ -333,4 +335,4 @@ def plot_class_cams(
     class_legend(fig, classes, colors, loc="outside lower center")
     data = {"classes": list(cams), "mass_centre": {k: mass_centre(v) for k, v in cams.items()},
             "peak": {k: float(torch.as_tensor(v).max()) for k, v in cams.items()}}  # fmt: skip
-    return _save(fig, path, data, layout=False)
+    return save(fig, path, data, layout=False)

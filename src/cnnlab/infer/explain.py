@@ -13,13 +13,13 @@ from typing import Any
 
 import torch
 
-from . import interpret
-from .data.images import load_photo, shrink
-from .errors import ConfigError
-from .outputs import check_dir, unique_stems, write_json
-from .runs import load_model
-from .sizes import MAX_EXPLAIN_SIDE, MAX_SIDE, MAX_WORK_SIDE, MIN_WORK_SIDE
-from .tasks import Task, get_task
+from .. import attribution as interpret
+from ..data.images import load_photo, shrink
+from ..engine.checkpoint import load_model
+from ..errors import ConfigError
+from ..outputs import check_dir, unique_stems, write_json
+from ..sizes import MAX_EXPLAIN_SIDE, MAX_SIDE, MAX_WORK_SIDE, MIN_WORK_SIDE
+from ..tasks import Task, get_task
 
 # Integration steps: on the shipped resnet (max-pooling) the completeness gap was 3-10% of the logit's rise
 # at 64 steps, 2% at 128 and under 1% at 256 (about 0.8 s an image on 2 cores).
@@ -66,7 +66,7 @@ def explain_files(
 def _explain_classification(
     model: torch.nn.Module, task: Task, img: torch.Tensor, notes: list[str], target: int | None, path: Path
 ) -> dict[str, Any]:
-    from .report.explain_figures import plot_attributions
+    from ..plots.explain import plot_attributions
 
     x_u8, more = task.photo_input(img)
     notes += more
@@ -122,8 +122,7 @@ def _explain_segmentation(
     max_side: int,
     stem: Path,
 ) -> dict[str, Any]:
-    from .report.explain_figures import plot_class_cams, plot_confidence_cases
-    from .tasks.segment import hex_to_rgb
+    from ..plots.explain import plot_class_cams, plot_confidence_cases
 
     _, h, w = img.shape
     img = shrink(img, max_side)
@@ -134,7 +133,7 @@ def _explain_segmentation(
         probs = model(x).softmax(1)
     conf, ent = interpret.confidence_maps(probs)
     pred = probs.argmax(1)
-    colors = [hex_to_rgb(c) for c in task.colors]
+    colors = task.rgb
     name = stem.name
     figure = plot_confidence_cases(
         img[None], None, pred, conf, ent, [name], None, task.classes, colors, Path(f"{stem}_explain"),

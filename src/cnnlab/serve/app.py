@@ -37,20 +37,20 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import __version__
-from .data.images import MAX_PIXELS, read_photo
-from .errors import DataError, NotAnImageError
-from .serve_models import Served, load_served, model_status
-from .serve_results import Decode, classified, segmented
-from .serve_samples import SampleFile, find_samples
-from .serve_schema import BUG, ERRORS, NO_SAMPLE, TOP, ClassifyResult, Health, Samples, SegmentResult
+from .. import __version__
+from ..data.images import MAX_PIXELS, read_photo
+from ..errors import DataError, NotAnImageError
+from .models import Served, load_served, model_status
+from .results import Decode, classified, segmented
+from .samples import SampleFile, find_samples
+from .schema import BUG, ERRORS, NO_SAMPLE, TOP, ClassifyResult, Health, Samples, SegmentResult
 
 MULTIPART_SLACK = 64 * 1024  # boundaries and part headers around the file in a multipart body
 RETRY_AFTER_S = 2  # a facade photo takes ~0.1 s of CPU: a full queue has moved on by then
 ALIASES = {"fashion": "classify", "facade": "segment"}  # the endpoints' names from before folder tasks, kept
 CLASSIFY_DOC = f"The {TOP} most likely classes of an image, made like the model's training images first (size, colour)."
 SEGMENT_DOC = "The class of every pixel of a photo, an overlay in the class colours and the area of each class."
-STATIC = {"serve.js": "text/javascript", "serve.css": "text/css"}  # the page's parts, in src/cnnlab/static
+STATIC = {"serve.js": "text/javascript", "serve.css": "text/css"}  # the page's parts, in static/ beside this module
 HOW_TO_SEND = "send the image as the multipart/form-data field 'file', as curl -F file=@photo.jpg does"
 T = TypeVar("T")
 
@@ -161,7 +161,7 @@ def _now_served(held: Served) -> str:
 def _add_page(app: FastAPI) -> None:
     """The page and its script and style sheet: files of the package, read once, nothing from outside."""
     folder = files(__package__)
-    page = folder.joinpath("serve.html").read_text()
+    page = folder.joinpath("page.html").read_text()
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def index() -> str:
