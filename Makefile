@@ -34,6 +34,7 @@ demo: install
 # Two workers: most tests run one core's worth of Python (figures, decoding, start-up), so two halve the wait.
 test: install
 	$(BIN)/ruff check src tests
+	$(BIN)/lint-imports
 	$(BIN)/pytest -q -n 2
 
 test-slow: install
@@ -45,6 +46,7 @@ test-hosts: install
 
 lint: install
 	$(BIN)/ruff check src tests
+	$(BIN)/lint-imports
 	$(BIN)/ruff format --check src tests
 
 clean:

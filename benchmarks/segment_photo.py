@@ -44,16 +44,19 @@ def child(model_ref: str, photo: str, side: int, tta: bool) -> None:
     from cnnlab.api import load_model
     from cnnlab.data.images import load_photo
     from cnnlab.infer import segment as seg
+    from cnnlab.sizes import MAX_SIDE, MIN_SIDE
     from cnnlab.tasks import get_task
 
     model, cfg = load_model(model_ref)
     task = get_task(cfg)
-    img, _ = load_photo(Path(photo), mode="RGB", min_side=seg.MIN_SIDE, max_side=seg.MAX_SIDE)
+    img, _ = load_photo(Path(photo), mode="RGB", min_side=MIN_SIDE, max_side=MAX_SIDE)
     new = "views" in inspect.signature(seg.segment).parameters
     if new:
         from cnnlab.engine.runtime import inference_runtime
 
-        args = (side, seg.recipe_views(cfg, tta), inference_runtime())
+        from cnnlab.engine.tta import Views
+
+        args = (side, Views.of(cfg) if tta else Views(), inference_runtime())
     else:
         args = (side,)
     seg.segment(model, task, img[:, :256, :256], *args)  # warm-up: first-call allocations, kernel choice

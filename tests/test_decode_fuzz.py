@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from cnnlab.data.images import FORMATS
-from cnnlab.infer.segment import MAX_SIDE as FACADE_MAX_SIDE
+from cnnlab.sizes import MAX_SIDE as FACADE_MAX_SIDE
 
 # The README's per-request bound on decoding one image (fashion and facade paths alike). The worst
 # case, a 40-megapixel WebP that libwebp and PIL hold three times over, needs 600 to 620 MB here;
@@ -41,7 +41,7 @@ from PIL import Image
 from cnnlab.data.images import FORMATS, read_photo
 from cnnlab.errors import DataError
 from cnnlab.tasks.fashion import MAX_SIDE, MIN_SIDE, fashion_pixels
-from cnnlab.infer.segment import MIN_SIDE as FACADE_MIN_SIDE
+from cnnlab.sizes import MIN_SIDE as FACADE_MIN_SIDE
 
 bound, facade_max_side = int(sys.argv[1]), int(sys.argv[2])
 PATHS = {

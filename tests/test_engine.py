@@ -5,7 +5,7 @@ import torch
 
 from cnnlab import api, runs
 from cnnlab.config import load_config
-from cnnlab.engine import checkpoint, evaluation, optim, runtime
+from cnnlab.engine import checkpoint, evaluation, optim, runtime, tta
 from cnnlab.errors import CheckpointError, TrainingError
 from cnnlab.tasks.fashion import FashionTask
 
@@ -143,9 +143,9 @@ def test_tensorboard_scalars_have_no_duplicates_across_a_resume(tiny_fashion, tm
 
 def test_shift_moves_pixels_and_fills_zeros():
     x = torch.arange(1, 10, dtype=torch.uint8).view(1, 3, 3)
-    assert evaluation.shift(x, 0, 1).tolist() == [[[0, 1, 2], [0, 4, 5], [0, 7, 8]]]
-    assert evaluation.shift(x, -1, 0).tolist() == [[[4, 5, 6], [7, 8, 9], [0, 0, 0]]]
-    assert torch.equal(evaluation.shift(x, 0, 0), x)
+    assert tta.shift(x, 0, 1).tolist() == [[[0, 1, 2], [0, 4, 5], [0, 7, 8]]]
+    assert tta.shift(x, -1, 0).tolist() == [[[4, 5, 6], [7, 8, 9], [0, 0, 0]]]
+    assert torch.equal(tta.shift(x, 0, 0), x)
 
 
 def test_test_time_views_are_averaged():
@@ -154,9 +154,9 @@ def test_test_time_views_are_averaged():
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 10))
     x = torch.randint(0, 256, (3, 1, 4, 4), dtype=torch.uint8)
     task, rt = FashionTask(), runtime.Runtime(torch.device("cpu"), bf16=False, channels_last=False, threads=1)
-    views = [evaluation.shift(x, dy, dx) for dy, dx in ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))]
+    views = [tta.shift(x, dy, dx) for dy, dx in ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))]
     views += [v.flip(-1) for v in views]
     with torch.no_grad():
         expected = torch.stack([model(task.eval_inputs(v)).softmax(1) for v in views]).mean(0)
-    got = evaluation.predict(model, task, x, rt, batch_size=2, tta_flip=True, tta_shift=1)
+    got = evaluation.predict(model, task, x, rt, batch_size=2, views=tta.Views(flip=True, shift=1))
     assert torch.allclose(got, expected, atol=1e-6)

@@ -43,14 +43,14 @@ def _read(png) -> dict:
 def titles(monkeypatch) -> list[str]:
     """Every title and suptitle of the figures saved while the test runs."""
     seen: list[str] = []
-    save = ef._save
+    save = ef.save
 
     def spy(fig, path, data, layout=True):
         seen.extend(ax.get_title() for ax in fig.axes)
         seen.append(fig._suptitle.get_text() if fig._suptitle else "")
         return save(fig, path, data, layout)
 
-    monkeypatch.setattr(ef, "_save", spy)
+    monkeypatch.setattr(ef, "save", spy)
     return seen
 
 

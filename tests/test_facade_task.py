@@ -13,6 +13,7 @@ from PIL import Image
 from cnnlab import api, runs
 from cnnlab.config import load_config
 from cnnlab.engine import checkpoint, evaluation, runtime
+from cnnlab.engine.tta import Views
 from cnnlab.tasks.facade import FacadeTask
 from cnnlab.tasks.segment import per_image_iou
 
@@ -72,7 +73,7 @@ def test_resized_test_time_views_are_averaged_at_the_input_size():
     rt = runtime.Runtime(torch.device("cpu"), bf16=False, channels_last=False, threads=1)
     x = torch.randint(0, 256, (3, 3, 8, 12), dtype=torch.uint8)
     got = evaluation.predict(
-        _SizeLogits(), FacadeTask(), x, rt, batch_size=2, tta_flip=True, tta_scales=(0.5, 1.0, 1.5)
+        _SizeLogits(), FacadeTask(), x, rt, batch_size=2, views=Views(flip=True, scales=(0.5, 1.0, 1.5))
     )
     # Views 4, 8 and 12 px high: logits 0.5, 1 and 1.5 for class 0.
     p0 = sum(torch.sigmoid(torch.tensor(v)) for v in (0.5, 1.0, 1.5)) / 3

@@ -49,11 +49,22 @@ def rows(path: Path) -> list[dict]:
     return out
 
 
+# Pinned to AVX2, an AMD EPYC (Zen 4) still rounds a Fashion-MNIST epoch's second step differently from the
+# Intel CPUs the rows were recorded on (2.2266087532 against 2.2266085147; MKL_CBWR=COMPATIBLE or
+# AVX2,STRICT change nothing), so that run has a second record, made there with the code before the house
+# issue (e4d8b4a). The facade run is the same on both.
+OTHER_CPUS = {"fashion-seed-a-epoch1.jsonl": ["fashion-seed-a-epoch1-amd-epyc.jsonl"]}
+
+
 def assert_same_run(run: Path, recorded: str) -> None:
-    """The run's metrics.jsonl rows are the recorded ones, to the last bit."""
+    """The run's metrics.jsonl rows are the recorded ones (of one of the CPUs recorded), to the last bit."""
     env = json.loads((run / "environment.json").read_text())
     assert (env["precision"], env["threads"]) == ("fp32", 2), env
-    assert rows(run / "metrics.jsonl") == rows(REFERENCE / recorded)
+    got = rows(run / "metrics.jsonl")
+    records = [rows(REFERENCE / name) for name in [recorded, *OTHER_CPUS.get(recorded, [])]]
+    assert any(got == r for r in records), f"differs from every record; first difference from {recorded}:" + next(
+        (f" row {i}: {a} != {b}" for i, (a, b) in enumerate(zip(got, records[0], strict=False)) if a != b), " in length"
+    )
 
 
 @pytest.fixture(autouse=True)

@@ -19,7 +19,7 @@ from cnnlab.config import load_config
 from cnnlab.engine import checkpoint
 from cnnlab.engine.checkpoint import load_model
 from cnnlab.errors import CheckpointError
-from cnnlab.infer.classify import predict_files
+from cnnlab.infer.predict import predict_files
 from cnnlab.runs import load_run_config, read_history
 from cnnlab.tasks.fashion import FashionTask
 

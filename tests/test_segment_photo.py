@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from conftest import run_cli
 
 from cnnlab.engine.runtime import Runtime
+from cnnlab.engine.tta import Views
 from cnnlab.infer import segment as seg
 from cnnlab.tasks import get_task
 
@@ -79,9 +80,9 @@ def test_working_size_and_views(photo):
     small = F.interpolate(task.eval_inputs(photo[None]), size=(350, 250), mode="area")
     torch.testing.assert_close(probs, model(small).softmax(1)[0], atol=1e-5, rtol=0)
     # a per-pixel net is blind to mirroring; resizing by 2 and back averages neighbouring pixels
-    mirrored = seg.segment(model, task, photo, 350, seg.Views(flip=True), rt=FP32)
+    mirrored = seg.segment(model, task, photo, 350, Views(flip=True), rt=FP32)
     torch.testing.assert_close(mirrored, probs, atol=1e-5, rtol=0)
-    scaled = seg.segment(model, task, photo, 350, seg.Views(scales=(1.0, 2.0)), rt=FP32)
+    scaled = seg.segment(model, task, photo, 350, Views(scales=(1.0, 2.0)), rt=FP32)
     assert scaled.shape == probs.shape and 0 < (scaled - probs).abs().max() < 0.5
 
 

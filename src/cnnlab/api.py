@@ -9,8 +9,9 @@ cnnlab.predict(run.run_dir, ["shoe.png"])     # or cnnlab.predict("fashion", [..
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -22,7 +23,10 @@ from .engine.state import TrainResult, console
 from .errors import ConfigError
 from .outputs import atomic_write, check_dir
 
-__all__ = ["evaluate", "load_model", "predict", "sweep_activations", "train"]
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+__all__ = ["Run", "evaluate", "load_model", "predict", "sweep_activations", "train"]
 
 # Keyword shortcuts and the option each stands for on the command line (named in error messages).
 SHORTCUTS = {
@@ -49,6 +53,28 @@ def shortcut_overrides(**shortcuts: Any) -> list[Override]:
     return out
 
 
+@dataclass
+class Run(TrainResult):
+    """What `train` returns: the run's folder (`run_dir`), its best validation result (`best`), every logged
+    row (`history`) and whether it completed. In a notebook it shows its summary table and key figures;
+    `figure(name)` is any of its figures as a matplotlib `Figure` (`figure_names()` lists them)."""
+
+    def figure(self, name: str) -> Figure:
+        from .report.notebook import run_figure
+
+        return run_figure(self.run_dir, name)
+
+    def figure_names(self) -> list[str]:
+        from .report.notebook import figure_names
+
+        return figure_names(self.run_dir)
+
+    def _repr_html_(self) -> str:
+        from .report.notebook import run_html
+
+        return run_html(self.run_dir)
+
+
 def resolve_config(task: str, recipe: str | None, overrides: Sequence[str] = (), **shortcuts: Any) -> RunConfig:
     """Recipe + `section.key=value` overrides + keyword shortcuts (epochs, batch_size, lr, seed,
     data_dir, limit), validated; the shortcuts win over the overrides."""
@@ -63,8 +89,9 @@ def train(
     overrides: Sequence[str] = (),
     progress: bool = True,
     **shortcuts: Any,
-) -> TrainResult:
-    """Train a model as `cnnlab TASK train` does and return the result (`.run_dir`, `.best`, `.history`).
+) -> Run:
+    """Train a model as `cnnlab TASK train` does and return the run (`.run_dir`, `.best`, `.history`; in a
+    notebook it shows its summary and key figures, `.figure(name)` any of its figures).
 
     task: "fashion" or "facade"; recipe: a recipe name (see `recipes/TASK/`) or a YAML file;
     overrides: `section.key=value` strings as `--set` takes them; shortcuts: epochs, batch_size, lr,
@@ -74,7 +101,7 @@ def train(
     return train_config(cfg, Path(out) if out else None, progress=progress)
 
 
-def train_config(cfg: RunConfig | None, run_dir: Path | None = None, **options: Any) -> TrainResult:
+def train_config(cfg: RunConfig | None, run_dir: Path | None = None, **options: Any) -> Run:
     """`engine.train` (same arguments), then the run's report.html from what it wrote: a partial report
     for a stopped run. The loop itself writes figures and evaluations only."""
     result = engine.train(cfg, run_dir, **options)
@@ -82,7 +109,7 @@ def train_config(cfg: RunConfig | None, run_dir: Path | None = None, **options: 
         from .report.run_page import write_report
 
         console.print(f"report: {write_report(result.run_dir, partial=not result.completed)}")
-    return result
+    return Run(**{f.name: getattr(result, f.name) for f in fields(result)})
 
 
 def evaluate(
@@ -144,7 +171,7 @@ def predict(
     progress bar on stderr.
     """
     from .data.images import image_files
-    from .infer.classify import predict_files
+    from .infer.predict import predict_files
     from .sizes import MAX_SIDE, MIN_WORK_SIDE
     from .zoo import resolve_any
 

@@ -40,18 +40,18 @@ def _outputs(model: nn.Module, x: Tensor) -> list[tuple[str, nn.Module, tuple[in
     return seen
 
 
-def cam_layer(model: nn.Module, x: Tensor, kind: str) -> tuple[str, nn.Module]:
+def cam_layer(model: nn.Module, x: Tensor, per_pixel: bool = False) -> tuple[str, nn.Module]:
     """The layer Grad-CAM reads, found by one forward pass on `x`'s first image.
 
     Classifiers: the last module to finish with a map larger than 1x1, i.e. the deepest features that
-    still know *where* (seed-a's last conv block, resnet's last residual pair). Segmenters: the last
+    still know *where* (seed-a's last conv block, resnet's last residual pair). Segmenters (`per_pixel`): the last
     module with the smallest map, the bottleneck, whose features see the widest context; the decoder's
     later layers would mostly repeat the output.
     """
     maps = [(n, m, s) for n, m, s in _outputs(model, x) if s[2] * s[3] > 1]
     if not maps:
         raise ValueError("the model has no convolutional feature map larger than 1x1 to explain")
-    if kind == "segment":
+    if per_pixel:
         smallest = min(s[2] * s[3] for _, _, s in maps)
         maps = [t for t in maps if t[2][2] * t[2][3] == smallest]
     name, module, _ = maps[-1]
@@ -78,17 +78,17 @@ class RegionScore(nn.Module):
 
 
 def grad_cam(
-    model: nn.Module, x: Tensor, target: Tensor | int, kind: str = "classify", layer: nn.Module | None = None
+    model: nn.Module, x: Tensor, target: Tensor | int, per_pixel: bool = False, layer: nn.Module | None = None
 ) -> Tensor:
     """Grad-CAM maps (N,H,W) at the input size, each scaled to [0, 1] by its maximum (all zeros where
     nothing speaks for the class), for normalised inputs `x` (N,C,H,W) and one target class per image.
 
-    Segmenters (`kind` "segment") are explained through `RegionScore`. `layer`: default `cam_layer`.
+    Segmenters (`per_pixel`) are explained through `RegionScore`. `layer`: default `cam_layer`.
     """
     from captum.attr import LayerAttribution, LayerGradCam
 
-    layer = layer or cam_layer(model, x, kind)[1]
-    forward = RegionScore(model) if kind == "segment" else model
+    layer = layer or cam_layer(model, x, per_pixel)[1]
+    forward = RegionScore(model) if per_pixel else model
     target = torch.as_tensor(target).expand(len(x)) if not torch.is_tensor(target) or target.dim() == 0 else target
     with torch.enable_grad():
         cam = LayerGradCam(forward, layer).attribute(x, target=target.tolist(), relu_attributions=True)
@@ -238,3 +238,10 @@ def max_entropy(classes: int) -> float:
 def normalised_black(task_normalise: Any, shape: Sequence[int]) -> Tensor:
     """A black image (pixel 0) in the model's input scale: the integrated-gradients baseline."""
     return task_normalise(torch.zeros(1, *shape, dtype=torch.uint8))
+
+
+def peak(cam: Tensor) -> list[float]:
+    """(row, column) of a map's maximum as fractions of its height and width."""
+    h, w = cam.shape
+    r, c = divmod(int(cam.argmax()), w)
+    return [round((r + 0.5) / h, 3), round((c + 0.5) / w, 3)]

@@ -14,11 +14,13 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from .catalog import TASKS
 from .errors import ConfigError
 
 TaskName = Literal["fashion", "facade", "classify", "segment"]
-# The two built-in datasets are datasets of the two kinds; "classify" and "segment" read the user's folders.
-KINDS = {"fashion": "classify", "facade": "segment", "classify": "classify", "segment": "segment"}
+
+
+KINDS = {name: info.kind for name, info in TASKS.items()}
 # What a folder run learns from its data (and writes into its resolved config); fixed for a built-in dataset.
 DATA_FACTS = ("image_size", "channels", "classes", "colors", "mean", "std", "ignore_index")
 
@@ -185,9 +187,7 @@ def recipe_dirs() -> list[Path]:
     return [d for d in (here / "recipes", here.parents[1] / "recipes") if d.is_dir()]
 
 
-# The recipes the README recommends: seed-a is the Fashion-MNIST course model; unet is the best facade net
-# trained from scratch (the seed-a facade net is the assignment's baseline).
-DEFAULT_RECIPES = {"fashion": "seed-a", "facade": "unet", "classify": "small", "segment": "unet"}
+DEFAULT_RECIPES = {name: info.default_recipe for name, info in TASKS.items()}
 
 
 def _recipe_folders(task: str) -> list[str]:

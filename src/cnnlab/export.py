@@ -36,7 +36,7 @@ SEGMENT_CHECK = (96, 128)  # px: the check runs at another size than the traced 
 def _input_text(task: Task, multiple: int | None) -> str:
     """The input layout in words, for the metadata and the command's output."""
     colour = "grey" if task.channels == 1 else "RGB"
-    if task.kind == "classify":
+    if task.image_size is not None:
         return f"float32 NCHW, {colour} {task.image_size}x{task.image_size}"
     sizes = "any height and width" if multiple == 1 else f"height and width multiples of {multiple}"
     return f"float32 NCHW, {colour}, {sizes}"
@@ -67,7 +67,7 @@ def export_onnx(model_dir: Path, out: Path) -> dict[str, Any]:
     model, cfg = load_model(model_dir)
     task = get_task(cfg)
     batch = torch.export.Dim("batch")
-    if task.kind == "classify":
+    if task.image_size is not None:
         # A classifier's head is built for one square size: only the batch is dynamic.
         size, axes, multiple = (task.image_size, task.image_size), {0: batch}, None
         check = size
@@ -88,7 +88,7 @@ def export_onnx(model_dir: Path, out: Path) -> dict[str, Any]:
         # Rounded: float32 values would print as 0.48500001430511475.
         "mean": json.dumps([round(v, 6) for v in task.mean]),
         "std": json.dumps([round(v, 6) for v in task.std]),
-        "output": "logits: (N, classes)" if task.kind == "classify" else "logits: (N, classes, H, W)",
+        "output": "logits: (N, classes)" if task.image_size is not None else "logits: (N, classes, H, W)",
         "classes": json.dumps(list(task.classes)),
         "colors": json.dumps(list(task.colors)),
     }
@@ -108,7 +108,7 @@ def export_onnx(model_dir: Path, out: Path) -> dict[str, Any]:
             dynamic_shapes=(axes,),
         )
     graph = program.model.graph
-    if task.kind == "segment":
+    if task.image_size is None:  # a segmenter
         # torch.export names the output's height and width by its own arithmetic ("Min(height, 8*(...")
         # although they are the input's.
         n, _, height, width = graph.inputs[0].shape

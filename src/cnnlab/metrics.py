@@ -5,6 +5,8 @@ about 6M pixels per class, so per-pixel Python or a round trip through scikit-le
 the epoch time.
 """
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -77,3 +79,10 @@ def per_class_average_precision(probs: Tensor, target: Tensor) -> Tensor:
     if per_class.shape[1] != target.numel():
         raise ValueError(f"probs has {per_class.shape[1]} samples per class but target has {target.numel()}")
     return torch.tensor([average_precision(per_class[c], target == c) for c in range(num_classes)], dtype=torch.float64)
+
+
+def class_areas(labels: torch.Tensor, classes: Sequence[str]) -> dict[str, float]:
+    """Each class's share of the pixels of a label map (N,H,W or H,W); values past the classes count for
+    no class."""
+    counts = torch.bincount(labels.flatten().long(), minlength=len(classes))[: len(classes)]
+    return {c: float(a) for c, a in zip(classes, counts.double() / labels.numel(), strict=True)}

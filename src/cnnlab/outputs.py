@@ -85,14 +85,18 @@ def unique_stems(paths: Sequence[str | Path]) -> list[str]:
 T = TypeVar("T")
 
 
-def progress_over(items: Sequence[T], description: str, show: bool) -> Iterable[T]:
-    """`items`, with a progress bar on stderr while there are several and `show` is on. On stderr, so
-    that stdout stays a clean answer (--json) for scripts; transient, so the log keeps only the results."""
+def progress_over(items: Iterable[T], description: str, show: bool, total: int | None = None) -> Iterable[T]:
+    """`items` (`total` of them, default their len), with a progress bar on stderr while there are several
+    and `show` is on. On stderr, so that stdout stays a clean answer (--json) for scripts; transient, so
+    the log keeps only the results."""
     from rich.console import Console
     from rich.progress import track
 
-    disable = not show or len(items) < 2
-    return track(items, description=description, disable=disable, transient=True, console=Console(stderr=True))
+    total = len(items) if total is None else total  # type: ignore[arg-type]
+    disable = not show or total < 2
+    return track(
+        items, total=total, description=description, disable=disable, transient=True, console=Console(stderr=True)
+    )
 
 
 def _to_jsonable(obj: Any) -> Any:

@@ -75,13 +75,37 @@ class MetricsLog:
         self.f.close()
 
 
+def read_json(path: Path) -> Any:
+    """A JSON file the run wrote; CheckpointError naming it if it is unreadable."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: unreadable JSON ({e}); delete it or write it again") from None
+
+
 def read_history(run_dir: Path) -> list[dict[str, Any]]:
+    """The rows of metrics.jsonl ([] before the first). A torn last line (a training still writing it, or
+    killed while it did) is left out; a damaged line before it is a CheckpointError."""
     path = RunPaths(Path(run_dir)).metrics
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    try:
+        lines = [line for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    except (OSError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: unreadable ({e}); the metrics log is damaged") from None
+    rows = []
+    for i, line in enumerate(lines):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i < len(lines) - 1:
+                raise CheckpointError(f"{path}: line {i + 1} is not JSON; the metrics log is corrupt") from None
+    return rows
+
+
+def eval_path(run_dir: Path, split: str) -> Path:
+    return Path(run_dir) / f"eval_{split}.json"
 
 
 def read_eval(run_dir: Path, split: str) -> dict[str, Any] | None:
-    path = Path(run_dir) / f"eval_{split}.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    """eval_<split>.json of a run: None if the split was not evaluated, CheckpointError if it is damaged."""
+    path = eval_path(run_dir, split)
+    return read_json(path) if path.is_file() else None

@@ -16,8 +16,9 @@ from typer._click import Context
 from typer.core import TyperArgument, TyperOption
 
 from .. import __version__
+from ..catalog import TASKS
 from ..errors import CnnlabError
-from .tasks import TITLES, task_app
+from .tasks import task_app
 
 if TYPE_CHECKING:
     from typer._click import Command
@@ -44,7 +45,7 @@ def _options(
     Fashion-MNIST and facade sets or on your own folders."""
 
 
-for _task in TITLES:
+for _task in TASKS:
     app.add_typer(task_app(_task), name=_task)
 
 

@@ -11,24 +11,13 @@ from typing import Literal
 
 import typer
 
-from ..config import DEFAULT_RECIPES, KINDS, recipe_names
+from ..catalog import TASKS
+from ..config import recipe_names
 from ..errors import CnnlabError
 from ..sizes import MAX_SIDE, MAX_WORK_SIDE, MIN_WORK_SIDE
 
 OVERRIDE_HELP = "Override a recipe value, e.g. --set train.epochs=3 --set optim.lr=3e-4 (repeatable)."
 PROGRESS_HELP = "Show progress bars (on stderr)."
-TITLES = {
-    "fashion": "Fashion-MNIST classification (10 classes, 28x28 grey).",
-    "facade": "Facade segmentation (others, facade, pillar, window, balcony).",
-    "classify": "Classify your own images: a folder with a subfolder per class.",
-    "segment": "Segment your own images: a folder of images, masks and classes.yaml.",
-}
-DATA_HELP = {
-    "fashion": "Folder holding the Fashion-MNIST files (default: auto-detect); with --resume: where it is now.",
-    "facade": "Folder of NAME.jpg + NAME.png pairs (default: auto-detect); with --resume: where it is now.",
-    "classify": "Your image folder: DIR/train/<class>/*.png|jpg (optional DIR/val/, DIR/test/ alike).",
-    "segment": "Your folder: DIR/images/NAME.jpg, DIR/masks/NAME.png, DIR/classes.yaml (optional val/, test/).",
-}
 MODEL_HELP = "A shipped model's name (see `cnnlab models`) or a run folder; default: the shipped {task} model."
 RUN_HELP = "A run folder of this task (trained with `cnnlab {task} train`)."
 IMAGES_HELP = "Image files, folders of images or quoted patterns ('photos/*.jpg'), after an optional run folder"
@@ -36,7 +25,7 @@ JSON_HELP = "Print the results as one JSON document on stdout, for scripts (prog
 
 
 def _train(sub: typer.Typer, task: str) -> None:
-    default_recipe = DEFAULT_RECIPES[task]
+    default_recipe = TASKS[task].default_recipe
 
     @sub.command()
     def train(
@@ -51,7 +40,7 @@ def _train(sub: typer.Typer, task: str) -> None:
         lr: float | None = typer.Option(None, help="Shortcut for --set optim.lr=X."),
         seed: int | None = typer.Option(None, help="Shortcut for --set train.seed=N."),
         limit: int | None = typer.Option(None, help="Use only N training images (quick tries)."),
-        data_dir: str | None = typer.Option(None, "--data", "--data-dir", metavar="DIR", help=DATA_HELP[task]),
+        data_dir: str | None = typer.Option(None, "--data", "--data-dir", metavar="DIR", help=TASKS[task].data_help),
         out: Path | None = typer.Option(None, metavar="DIR", help="Run folder (default: runs/<task>-<recipe>-<time>)."),
         resume: Path | None = typer.Option(
             None,
@@ -117,7 +106,7 @@ def _evaluate(sub: typer.Typer, task: str) -> None:
             None,
             metavar="DIR",
             # Fashion-MNIST runs evaluate on the official test set only: the option would just fail there.
-            hidden=task == "fashion",
+            hidden=not TASKS[task].external_eval,
             help="Evaluate on another labelled folder instead (laid out like the run's data).",
         ),
     ) -> None:
@@ -172,8 +161,8 @@ def _notes(r: dict, as_json: bool) -> None:
 
 
 def _classify_predict(sub: typer.Typer, task: str) -> None:
-    model_help = MODEL_HELP.format(task=task) if task == "fashion" else RUN_HELP.format(task=task)
-    what = "any size or colour; made 28x28 grey" if task == "fashion" else "any size; resized as in training"
+    model_help = (MODEL_HELP if TASKS[task].builtin else RUN_HELP).format(task=task)
+    what = TASKS[task].photo_help
 
     @sub.command("predict")
     def predict(
@@ -201,12 +190,12 @@ def _classify_predict(sub: typer.Typer, task: str) -> None:
 
 
 def _segment_predict(sub: typer.Typer, task: str) -> None:
-    model_help = MODEL_HELP.format(task=task) if task == "facade" else RUN_HELP.format(task=task)
+    model_help = (MODEL_HELP if TASKS[task].builtin else RUN_HELP).format(task=task)
 
     @sub.command("predict")
     def predict(
         files: list[Path] = typer.Argument(
-            ..., metavar="[RUN] PHOTO...", help=f"{IMAGES_HELP} (any size; EXIF rotation honoured)."
+            ..., metavar="[RUN] PHOTO...", help=f"{IMAGES_HELP} ({TASKS[task].photo_help})."
         ),
         model: str | None = typer.Option(None, metavar="NAME|RUN", help=model_help),
         out: Path | None = typer.Option(
@@ -264,10 +253,10 @@ def _sweep(sub: typer.Typer) -> None:
 
 def task_app(task: str) -> typer.Typer:
     """`cnnlab TASK ...`: the commands of one task, with only the options that task takes."""
-    sub = typer.Typer(help=TITLES[task], no_args_is_help=True)
+    sub = typer.Typer(help=TASKS[task].title, no_args_is_help=True)
     _train(sub, task)
     _evaluate(sub, task)
-    (_classify_predict if KINDS[task] == "classify" else _segment_predict)(sub, task)
-    if task == "fashion":
+    {"classify": _classify_predict, "segment": _segment_predict}[TASKS[task].kind](sub, task)
+    if TASKS[task].activation_sweep:
         _sweep(sub)
     return sub

@@ -62,9 +62,12 @@ def _subdirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def existing(path: str | Path | None, kind: str) -> Path:
-    """The data folder, which must exist."""
-    layout = "DIR/train/<class>/*.png" if kind == "classify" else "DIR/images/, DIR/masks/ and DIR/classes.yaml"
+CLASS_LAYOUT = "DIR/train/<class>/*.png"
+MASK_LAYOUT = "DIR/images/, DIR/masks/ and DIR/classes.yaml"
+
+
+def existing(path: str | Path | None, layout: str) -> Path:
+    """The data folder, which must exist; `layout` (CLASS_LAYOUT or MASK_LAYOUT) says what it should hold."""
     if path is None:
         raise DataError(f"no data folder given; pass --data DIR laid out as {layout}")
     folder = Path(path).expanduser()

@@ -1,70 +1,48 @@
-"""Evaluation: batched class probabilities with test-time views, metrics of a split, and `evaluate`,
+"""Evaluation: batched class probabilities with test-time views (`tta`), metrics of a split, and `evaluate`,
 which scores a run's checkpoint and writes eval_<split>.json and that split's figures."""
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ..config import RunConfig
 from ..errors import CheckpointError, ConfigError, DataError
 from ..outputs import write_json
+from ..runs import eval_path
 from ..tasks import Batchable, Task, get_task
 from .checkpoint import load_model
 from .runtime import Runtime, make_runtime
-
-
-def shift(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
-    """Translate the last two dims by (dy, dx) pixels (down, right), filling with zeros."""
-    if not (dy or dx):
-        return x
-    h, w = x.shape[-2:]
-    padded = torch.nn.functional.pad(x, (max(dx, 0), max(-dx, 0), max(dy, 0), max(-dy, 0)))
-    return padded[..., max(-dy, 0) : max(-dy, 0) + h, max(-dx, 0) : max(-dx, 0) + w]
+from .tta import Views, average
 
 
 @torch.inference_mode()
 def predict(
-    model: torch.nn.Module,
-    task: Task,
-    x_u8: torch.Tensor,
-    rt: Runtime,
-    batch_size: int,
-    tta_flip: bool = False,
-    tta_shift: int = 0,
-    tta_scales: Sequence[float] = (1.0,),
+    model: torch.nn.Module, task: Task, x_u8: torch.Tensor, rt: Runtime, batch_size: int, views: Views = Views()
 ) -> torch.Tensor:
-    """Class probabilities for uint8 inputs, in batches, as float32; averaged over the test-time views
-    (mirrored; shifted by `tta_shift` pixels up, down, left and right: classification only; resized by
-    each of `tta_scales`, the probabilities resized back: segmentation only)."""
+    """Class probabilities for uint8 inputs, in batches, as float32, averaged over the test-time `views`."""
     model.eval()
-    check_input_size(model, x_u8.shape, tta_scales)
-    s = tta_shift
-    shifts = [(0, 0), (s, 0), (-s, 0), (0, s), (0, -s)] if s else [(0, 0)]
-    views = len(shifts) * len(tta_scales) * (1 + tta_flip)
-    out = []
-    for i in range(0, len(x_u8), batch_size):
-        p = 0
-        for (dy, dx), scale in itertools.product(shifts, tta_scales):
-            x = task.eval_inputs(shift(x_u8[i : i + batch_size], dy, dx)).to(rt.device)
-            size = x.shape[-2:]
-            if scale != 1:
-                x = F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
-            if rt.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with rt.autocast():
-                q = model(x).float().softmax(1)
-                if tta_flip:
-                    q = q + task.unflip(model(x.flip(-1)).float().softmax(1))
-            p = p + (q if scale == 1 else F.interpolate(q, size=size, mode="bilinear", align_corners=False))
-        out.append((p / views).cpu())
-    return torch.cat(out)
+    check_input_size(model, x_u8.shape, views.scales)
+
+    def prepare(x: torch.Tensor) -> torch.Tensor:
+        return task.eval_inputs(x).to(rt.device)
+
+    def probs(x: torch.Tensor) -> torch.Tensor:
+        if rt.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with rt.autocast():
+            return model(x).float().softmax(1)
+
+    return torch.cat(
+        [
+            average(probs, x_u8[i : i + batch_size], views, task.unflip, prepare).cpu()
+            for i in range(0, len(x_u8), batch_size)
+        ]
+    )
 
 
 def check_input_size(model: torch.nn.Module, shape: Sequence[int], scales: Sequence[float] = (1.0,)) -> None:
@@ -88,16 +66,7 @@ def evaluate_split(
     """Metrics and probabilities of `model` on a split, with the test-time views of `cfg`. `final=False`
     leaves out the shifted and resized views: per-epoch validation, where 10 views of 6000 images would
     cost ~10 s an epoch."""
-    probs = predict(
-        model,
-        task,
-        split.x,
-        rt,
-        cfg.train.eval_batch_size,
-        cfg.train.tta_flip,
-        cfg.train.tta_shift if final else 0,
-        cfg.train.tta_scales if final else (1.0,),
-    )
+    probs = predict(model, task, split.x, rt, cfg.train.eval_batch_size, Views.of(cfg, final))
     return task.metrics(probs, split.targets, cfg), probs
 
 
@@ -137,7 +106,7 @@ def evaluate(
     except DataError as e:
         raise DataError(f"{external or f'{run_dir} ({split} split)'}: {e}") from None
     out = {"split": split, "checkpoint": which, "n": len(data[split]), **metrics}
-    write_json(run_dir / f"eval_{split}.json", out)
+    write_json(eval_path(run_dir, split), out)
     task.report_split(run_dir, split, data[split], probs, metrics, model, cfg)
     # Explanations once per evaluation of a model: on the test (or an external) split, on validation only
     # where there is no test split, so a finished run is explained once.

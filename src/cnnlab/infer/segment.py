@@ -11,39 +11,38 @@ float maps never exist at once: memory is bounded by the working size, not the p
 from __future__ import annotations
 
 import io
+import json
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
+from .. import attribution
 from ..config import RunConfig
-from ..data.images import load_photo
+from ..data.images import shrink
 from ..engine.runtime import Runtime, inference_runtime
-from ..outputs import atomic_write, json_bytes, progress_over, unique_stems
+from ..engine.tta import Views, average
+from ..errors import ConfigError
+from ..metrics import class_areas
+from ..outputs import atomic_write, check_dir, json_bytes, progress_over
 from ..plots.overlays import colorize
-from ..sizes import MAX_SIDE, MAX_WORK_SIDE, MIN_SIDE
+from ..sizes import MAX_EXPLAIN_SIDE, MAX_WORK_SIDE, MIN_WORK_SIDE
 from ..tasks import Task
+from . import photos
+
+if TYPE_CHECKING:
+    from .predict import Options
+
+# The working sizes `explain` takes: gradients through a U-Net need ~10x the memory of a prediction.
+EXPLAIN_SIDES = (MIN_WORK_SIDE, MAX_EXPLAIN_SIDE)
 
 TILE, OVERLAP, TILE_BATCH = 384, 64, 4
 _ROWS = 256  # rows of the full-size output resized and labelled at a time
-
-
-@dataclass(frozen=True)
-class Views:
-    """Test-time views averaged per tile: mirrored, and the working image resized by each factor."""
-
-    flip: bool = False
-    scales: tuple[float, ...] = (1.0,)
-
-
-def recipe_views(cfg: RunConfig, tta: bool) -> Views:
-    """The test-time views the run's recipe evaluates with (`tta`), or the plain view."""
-    return Views(cfg.train.tta_flip, tuple(cfg.train.tta_scales)) if tta else Views()
 
 
 def _starts(length: int, tile: int, step: int) -> list[int]:
@@ -60,28 +59,31 @@ def _ramp(length: int) -> torch.Tensor:
     return ((torch.minimum(i + 0.5, length - i - 0.5)) / OVERLAP).clamp(max=1.0)
 
 
-def _tiled(model: torch.nn.Module, x: torch.Tensor, rt: Runtime, flip: bool) -> torch.Tensor:
+def _tiled(model: torch.nn.Module, task: Task, x: torch.Tensor, rt: Runtime, flip: bool) -> torch.Tensor:
     """(1, C_in, H, W) normalised -> (1, classes, H, W) blended tile probabilities."""
     _, _, h, w = x.shape
     th, tw = min(TILE, h), min(TILE, w)
     boxes = [(t, le) for t in _starts(h, th, TILE - OVERLAP) for le in _starts(w, tw, TILE - OVERLAP)]
     weight = (_ramp(th)[:, None] * _ramp(tw)[None, :]) if len(boxes) > 1 else torch.ones(th, tw)
-    probs, total = None, torch.zeros(h, w)
+
+    def probs(batch: torch.Tensor) -> torch.Tensor:
+        with rt.autocast():
+            return model(batch).float().softmax(1)
+
+    out, total = None, torch.zeros(h, w)
     for i in range(0, len(boxes), TILE_BATCH):
         part = boxes[i : i + TILE_BATCH]
         batch = torch.cat([x[..., t : t + th, le : le + tw] for t, le in part])
         if rt.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
-        with rt.autocast():
-            p = model(batch).float().softmax(1)
-            if flip:
-                p = (p + model(batch.flip(-1)).float().softmax(1).flip(-1)) / 2
-        if probs is None:
-            probs = torch.zeros(p.shape[1], h, w)
+        # Each tile mirrored whole: a mirrored photo would be cut into other tiles.
+        p = average(probs, batch, Views(flip=flip), task.unflip)
+        if out is None:
+            out = torch.zeros(p.shape[1], h, w)
         for (t, le), q in zip(part, p, strict=True):
-            probs[:, t : t + th, le : le + tw] += q * weight
+            out[:, t : t + th, le : le + tw] += q * weight
             total[t : t + th, le : le + tw] += weight
-    return (probs / total)[None]
+    return (out / total)[None]
 
 
 @torch.inference_mode()
@@ -94,7 +96,8 @@ def segment(
     rt: Runtime | None = None,
 ) -> torch.Tensor:
     """uint8 (C,H,W) photo -> float (classes, h, w) probabilities at the working size (longer side at
-    most `max_side`), averaged over `views`; `rt` None: bf16 where the CPU has it, channels-last."""
+    most `max_side`), averaged over `views` (mirrored, resized); `rt` None: bf16 where the CPU has it,
+    channels-last."""
     model.eval()
     rt = rt or inference_runtime()
     _, h, w = img.shape
@@ -102,13 +105,8 @@ def segment(
     x = task.eval_inputs(img[None])
     if scale < 1.0:
         x = F.interpolate(x, size=(max(1, round(h * scale)), max(1, round(w * scale))), mode="area")
-    size = x.shape[-2:]
-    out = 0
-    for s in views.scales:
-        xs = x if s == 1 else F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False)
-        p = _tiled(model, xs, rt, views.flip)
-        out = out + (p if s == 1 else F.interpolate(p, size=size, mode="bilinear", align_corners=False))
-    return (out / len(views.scales))[0]
+    whole = Views(scales=views.scales)
+    return average(lambda xs: _tiled(model, task, xs, rt, views.flip), x, whole, task.unflip)[0]
 
 
 def full_size_labels(probs: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -189,9 +187,7 @@ def segment_photo(
     colour = colorize(labels, task.rgb)
     photo = img.permute(1, 2, 0).numpy()
     overlay = ((1 - alpha) * photo + alpha * colour).round().astype(np.uint8)
-    area = torch.bincount(labels.flatten(), minlength=len(task.classes)).double() / labels.numel()
-    areas = {c: float(a) for c, a in zip(task.classes, area, strict=True)}
-    return Segmentation(labels, overlay, areas, probs.amax(0))
+    return Segmentation(labels, overlay, class_areas(labels, task.classes), probs.amax(0))
 
 
 def _encoded(image: Image.Image, **options: Any) -> bytes:
@@ -214,15 +210,11 @@ def segment_files(
     """Write NAME_labels.png, NAME_overlay.png (with a legend), NAME_side_by_side.jpg (photo | overlay) and
     NAME_areas.json for each photo into `out_dir`; `alpha` weighs the class colours in the overlay.
 
-    Inputs with the same name get distinct outputs (NAME, NAME-2, ...). Every photo is read once before any
-    output is written (and again when its turn comes: holding a folder of decoded photos would take ~12 MB
-    each), and a photo's files are encoded in memory before the first is written.
+    Inputs with the same name get distinct outputs (NAME, NAME-2, ...). Every photo is read before any
+    output is written (`infer.photos`), and a photo's files are encoded in memory before the first is written.
     """
-    for p in paths:
-        load_photo(p, mode=task.photo_mode, min_side=MIN_SIDE, max_side=MAX_SIDE)
     results = []
-    for path, stem in progress_over(list(zip(paths, unique_stems(paths), strict=True)), "segmenting", progress):
-        img, notes = load_photo(path, mode=task.photo_mode, min_side=MIN_SIDE, max_side=MAX_SIDE)
+    for path, stem, img, notes in progress_over(photos(task, paths), "segmenting", progress, len(paths)):
         _, h, w = img.shape
         seg = segment_photo(model, task, img, notes, max_side, views, rt, alpha)
         overlay = with_legend(Image.fromarray(seg.overlay), task, seg.area)
@@ -244,3 +236,66 @@ def segment_files(
             {"file": str(path), "notes": notes, "area": seg.area, **{k: str(t) for k, (t, _) in files.items()}}
         )
     return results
+
+
+def predict_files(
+    run_dir: Path, model: torch.nn.Module, cfg: RunConfig, task: Task, paths: list[Path], opts: Options
+) -> list[dict[str, Any]]:
+    """The outputs of `segment_files` for each photo, in `opts.out` (default RUN/predictions, or
+    ./predictions for a shipped model, which lives inside the installed package)."""
+    from ..zoo import is_shipped
+
+    if opts.save_inputs is not None:
+        raise ConfigError(f"save_inputs {opts.save_inputs}: {cfg.task} models see the photo itself; drop it")
+    default = Path("predictions") if is_shipped(run_dir) else run_dir / "predictions"
+    folder = check_dir(opts.out or default, "--out")
+    views = Views.of(cfg) if opts.tta else Views()
+    max_side = opts.max_side or MAX_WORK_SIDE
+    return segment_files(model, task, paths, folder, max_side, views, None, opts.alpha, opts.progress)
+
+
+def explain_photo(
+    model: torch.nn.Module,
+    task: Task,
+    img: torch.Tensor,
+    notes: list[str],
+    target: int | None,
+    out: Path,
+    stem: str,
+    max_side: int = MAX_WORK_SIDE,
+) -> dict[str, Any]:
+    """OUT/STEM_explain.png (prediction, confidence, entropy) and OUT/STEM_cams.png (Grad-CAM of `target`,
+    default every class) of one photo at `max_side` px; returns the numbers."""
+    from ..plots.explain import plot_class_cams, plot_confidence_cases
+
+    _, h, w = img.shape
+    img = shrink(img, max_side)
+    if img.shape[1:] != (h, w):
+        notes.append(f"explained at {img.shape[2]}x{img.shape[1]} px (max side {max_side})")
+    x = task.eval_inputs(img[None])
+    with torch.no_grad():
+        probs = model(x).softmax(1)
+    conf, ent = attribution.confidence_maps(probs)
+    pred = probs.argmax(1)
+    figure = plot_confidence_cases(
+        img[None], None, pred, conf, ent, [stem], None, task.classes, task.rgb, out / f"{stem}_explain",
+        f"{stem}: prediction, confidence and entropy", attribution.max_entropy(len(task.classes)),
+    )  # fmt: skip
+    chosen = [target] if target is not None else range(len(task.classes))
+    layer = attribution.cam_layer(model, x, per_pixel=True)[1]
+    cams = {task.classes[c]: attribution.grad_cam(model, x, c, per_pixel=True, layer=layer)[0] for c in chosen}
+    cam_png = plot_class_cams(
+        img, cams, pred[0], task.rgb, task.classes, out / f"{stem}_cams",
+        f"{stem}: Grad-CAM of {'each class' if target is None else task.classes[target]}",
+    )  # fmt: skip
+    return {
+        **json.loads(figure.with_suffix(".json").read_text()),
+        "figure": str(figure),
+        "cams": str(cam_png),
+        "size": [int(img.shape[2]), int(img.shape[1])],
+        "mean_confidence": float(conf.mean()),
+        "unsure_share": float((conf < 0.5).double().mean()),
+        "mean_entropy": float(ent.mean()),
+        "area": class_areas(pred, task.classes),
+        "cam_peak": {c: attribution.peak(m) for c, m in cams.items()},
+    }

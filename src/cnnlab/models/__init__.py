@@ -9,16 +9,22 @@ from torch import nn
 from ..errors import ConfigError
 
 
-def model_table(kind: str) -> dict[str, type[nn.Module]]:
-    """The model classes of a task kind ("classify" or "segment") by name."""
-    if kind == "classify":
-        from .classify import MODELS
+def _classifiers() -> dict[str, type[nn.Module]]:
+    from .classify import MODELS
 
-        return MODELS
+    return MODELS
+
+
+def _segmenters() -> dict[str, type[nn.Module]]:
     from .efficientnet import LiteUNet
     from .segment import MODELS
 
     return {**MODELS, "lite0-unet": LiteUNet}
+
+
+def model_table(kind: str) -> dict[str, type[nn.Module]]:
+    """The model classes of a task kind ("classify" or "segment") by name."""
+    return {"classify": _classifiers, "segment": _segmenters}[kind]()
 
 
 def build_model(

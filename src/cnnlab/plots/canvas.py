@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import io
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from matplotlib.figure import Figure
+from PIL import Image
 
 from ..outputs import atomic_write, write_json
 
@@ -58,3 +61,24 @@ def save(fig: Figure, path: Path, data: Any, layout: bool = True) -> Path:
         atomic_write(pdf, lambda tmp: fig.savefig(tmp, dpi=DPI, format="pdf", metadata=_PDF_METADATA))
     write_json(numbers, data)
     return png
+
+
+class NotebookFigure(Figure):
+    """A `Figure` that a notebook shows inline by itself, without pyplot (or `%matplotlib inline`)."""
+
+    def _repr_png_(self) -> bytes:
+        buf = io.BytesIO()
+        self.savefig(buf, format="png")
+        return buf.getvalue()
+
+
+def picture(png: Path) -> NotebookFigure:
+    """A saved figure (PNG) as a `Figure` of the same pixels, at the PNG's own size and dpi."""
+    with Image.open(png) as im:
+        dpi = round(im.info.get("dpi", (DPI, DPI))[0])
+        pixels = np.asarray(im.convert("RGBA"))
+    fig = NotebookFigure(figsize=(pixels.shape[1] / dpi, pixels.shape[0] / dpi), dpi=dpi)
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.imshow(pixels, interpolation="nearest")
+    ax.set_axis_off()
+    return fig

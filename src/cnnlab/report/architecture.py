@@ -20,7 +20,6 @@ from torch.utils.flop_counter import FlopCounterMode
 from .. import runs
 from ..outputs import write_json
 from ..tasks import Task, get_task
-from .html import _read_json
 
 # Segmentation nets take any size; without a size in the config or a recorded evaluation, the facade
 # photos' 256x256 stands in (and the table says so).
@@ -106,7 +105,7 @@ def input_side(run_dir: Path, task: Task, image_size: int | None) -> tuple[int, 
         return image_size, image_size, "the run's image size (data.image_size)"
     for split in ("test", "val", "external"):
         path = runs.RunPaths(run_dir).figures / f"best_{split}.json"
-        size = _read_json(path).get("image_size") if path.is_file() else None
+        size = runs.read_json(path).get("image_size") if path.is_file() else None
         if size:
             return size[0], size[1], f"the size of the {split} images"
     return DEFAULT_SEGMENT_SIDE, DEFAULT_SEGMENT_SIDE, "a stand-in: the run records no image size"

@@ -19,9 +19,7 @@ from .html import (
     _data_uri,
     _duration,
     _epochs,
-    _eval,
     _flat,
-    _history,
     _img,
     _num_td,
     _number,
@@ -305,8 +303,8 @@ def write_compare(run_dirs: list[Path], out: Path) -> Path:
     tasks = [get_task(c) for c in cfgs]
     _check_comparable(given, labels, [t.kind for t in tasks])
     task, view = tasks[0], view_of(tasks[0])
-    histories = [_history(d) for d in run_dirs]
-    tests = [_eval(d, "test") for d in run_dirs]
+    histories = [runs.read_history(d) for d in run_dirs]
+    tests = [runs.read_eval(d, "test") for d in run_dirs]
     # The activation a model uses, not the config's None for "the model's default" (shown as "none").
     flat = [_flat(c.model_dump()) | {"model.activation": _activation(c)} for c in cfgs]
     best = _best_run(histories, view.metric)

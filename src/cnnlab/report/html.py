@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import math
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,7 +21,7 @@ from typing import Any
 
 from PIL import Image
 
-from .. import __version__, runs
+from .. import __version__
 from ..errors import CheckpointError
 from ..outputs import atomic_write
 from ..tasks import Task
@@ -44,7 +43,7 @@ class _View:
 
 def view_of(task: Task) -> _View:
     """What the pages show of a task; the colours only for segmentation, whose classes have them."""
-    colors = tuple(task.colors) if task.kind == "segment" else None
+    colors = tuple(task.colors) if task.colour_legend else None
     return _View(task.primary, task.primary_label, task.per_class, task.percent, colors)
 
 
@@ -58,32 +57,6 @@ FOOTER = "Self-contained: every image is embedded in this file."
 
 
 # ---------------------------------------------------------------- small helpers
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: unreadable JSON ({e}); delete it or write it again") from None
-
-
-def _eval(run_dir: Path, split: str) -> dict[str, Any] | None:
-    path = run_dir / f"eval_{split}.json"
-    return _read_json(path) if path.is_file() else None
-
-
-def _history(run_dir: Path) -> list[dict[str, Any]]:
-    """metrics.jsonl; a torn last line (a training still writing it) is left out rather than refused."""
-    path = runs.RunPaths(run_dir).metrics
-    lines = path.read_text().splitlines() if path.is_file() else []
-    rows = []
-    for i, line in enumerate(lines):
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i < len(lines) - 1:
-                raise CheckpointError(f"{path}: line {i + 1} is not JSON; the metrics log is corrupt") from None
-    return rows
 
 
 def _number(v: Any) -> float | None:

@@ -24,9 +24,7 @@ from .html import (
     _class_label,
     _duration,
     _epochs,
-    _eval,
     _fmt,
-    _history,
     _kv_table,
     _num_td,
     _number,
@@ -34,7 +32,6 @@ from .html import (
     _photo_tag,
     _plural,
     _png_tag,
-    _read_json,
     _setting,
     _View,
     _wall_time,
@@ -173,7 +170,7 @@ def _config_html(cfg) -> str:
 
 def _environment_html(run_dir: Path, epochs: list[dict]) -> str:
     path = runs.RunPaths(run_dir).env
-    env = _read_json(path) if path.is_file() else {}
+    env = runs.read_json(path) if path.is_file() else {}
     rows = {k: _setting(v) for k, v in env.items()}
     rows["wall time"] = _duration(_wall_time(epochs))
     return _kv_table(rows, "environment-table")
@@ -185,7 +182,7 @@ def _predictions_html(run_dir: Path, classes: tuple[str, ...], view: _View) -> s
     blocks = []
     for areas_path in sorted((run_dir / "predictions").glob("*_areas.json")):
         stem = areas_path.name.removesuffix("_areas.json")
-        info = _read_json(areas_path)
+        info = runs.read_json(areas_path)
         area = info.get("area", {})
         rows = "".join(
             f"<tr><td>{_class_label(name, view, c)}</td>{_num_td(area.get(name), True, bar=True)}</tr>"
@@ -230,9 +227,9 @@ def write_report(run_dir: Path, *, partial: bool = False) -> Path:
     cfg = runs.load_run_config(run_dir)
     task = get_task(cfg)
     view = view_of(task)
-    history = _history(run_dir)
+    history = runs.read_history(run_dir)
     epochs = _epochs(history)
-    evals = {s: e for s in SPLITS if (e := _eval(run_dir, s)) is not None}
+    evals = {s: e for s in SPLITS if (e := runs.read_eval(run_dir, s)) is not None}
     arch = run_architecture(run_dir)
 
     figs_dir = runs.RunPaths(run_dir).figures

@@ -278,6 +278,6 @@ def create_app(
         return await answer("segment", file, segmented)
 
     for old, kind in ALIASES.items():  # same answers; left out of the schema so it names each operation once
-        endpoint = classify_image if kind == "classify" else segment_image
+        endpoint = {"classify": classify_image, "segment": segment_image}[kind]
         app.post(f"/api/{old}", responses=ERRORS, include_in_schema=False)(endpoint)
     return app

@@ -60,7 +60,7 @@ def model_card(folder: Path, cfg: RunConfig, task: Task) -> ModelCard | None:
         else:
             evals = {s: runs.read_eval(folder, s) for s in SPLITS}
             recipe, split = cfg.recipe, task.split_description(cfg)
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, CnnlabError):
         return None
     metrics = [
         Metric(split=s, key=key, label=label, value=float(e[key]), shown=fmt.format(e[key]), images=e.get("n"))

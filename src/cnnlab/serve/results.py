@@ -15,10 +15,9 @@ from PIL import Image
 from ..attribution import grad_cam
 from ..data.images import shrink
 from ..infer.classify import classify
-from ..infer.segment import MAX_SIDE as SEGMENT_MAX_SIDE
-from ..infer.segment import MAX_WORK_SIDE, label_png, segment_photo
-from ..infer.segment import MIN_SIDE as SEGMENT_MIN_SIDE
+from ..infer.segment import label_png, segment_photo
 from ..plots.overlays import heat_overlay
+from ..sizes import MAX_WORK_SIDE
 from .models import Served
 from .schema import OVERLAY_MAX_PX, TOP, ClassifyResult, Guess, SegmentResult
 
@@ -89,8 +88,7 @@ def classified(held: Served, decode: Decode) -> ClassifyResult:
 def segmented(held: Served, decode: Decode) -> SegmentResult:
     """The label map, overlay, photo, confidence and class areas of an upload."""
     task = held.task
-    # Segment tasks have no photo_mode: a grey folder run was trained on grey images, every other one on RGB.
-    img, notes = decode("L" if task.channels == 1 else "RGB", SEGMENT_MIN_SIDE, SEGMENT_MAX_SIDE)
+    img, notes = decode(task.photo_mode, *task.photo_sides)
     seg = segment_photo(held.model, task, img, notes, MAX_WORK_SIDE, rt=held.runtime)
     small = shrink(img, OVERLAY_MAX_PX)
     return SegmentResult(

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..infer.segment import MAX_SIDE as SEGMENT_MAX_SIDE
+from ..sizes import MAX_SIDE as SEGMENT_MAX_SIDE
 
 OVERLAY_MAX_PX = 1024  # the page shows no more; the label map keeps the decoded photo's size
 TOP = 3  # classes a classification answers with (fewer if the model has fewer)

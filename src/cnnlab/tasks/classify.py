@@ -11,7 +11,6 @@ from ..config import RunConfig
 from ..data import Split
 from ..data.augment import cls_augment
 from ..metrics import confusion_matrix, per_class_accuracy
-from ..plots import canvas, figures
 from ..runs import read_eval
 from . import Task, nll
 
@@ -60,6 +59,7 @@ class ClassifyTask(Task):
         return f"loss {m['loss']:.4f}  acc {m['acc']:.2%}"
 
     def report_training(self, run_dir: Path, history: list[dict], model: torch.nn.Module, cfg: RunConfig) -> None:
+        from ..plots import canvas, figures
         from .explanations import deep_filters
 
         out = run_dir / "figures"
@@ -89,6 +89,8 @@ class ClassifyTask(Task):
         model: torch.nn.Module,
         cfg: RunConfig,
     ) -> None:
+        from ..plots import canvas, figures
+
         out = run_dir / "figures"
         conf, pred = probs.max(1)
         y = data.targets
@@ -100,6 +102,7 @@ class ClassifyTask(Task):
             figures.plot_per_class_table(columns, self.classes, out / "per_class_accuracy", "Per-class accuracy")
 
     def report_explanations(self, run_dir, split, data, probs, model, cfg) -> None:
+        from ..plots import canvas
         from .explanations import classify_explanations
 
         with canvas.pdf_copies():

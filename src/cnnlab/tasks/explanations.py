@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from .. import attribution as interpret
+from .. import attribution
 from ..config import RunConfig
 from ..data import Split
 from ..plots import explain as xf
@@ -47,11 +47,11 @@ def classify_explanations(
     conf, pred = probs.max(1)
     true = data.targets
 
-    picks = interpret.pick_examples(true, pred, k)
+    picks = attribution.pick_examples(true, pred, k)
     shown = [i for right, wrong in picks.values() for i in right + wrong]
     if shown:
         images = data.x[shown]
-        cams = interpret.grad_cam(model, _inputs(task, images, model), pred[shown]).cpu()
+        cams = attribution.grad_cam(model, _inputs(task, images, model), pred[shown]).cpu()
         where = {i: n for n, i in enumerate(shown)}
         local = {c: ([where[i] for i in r], [where[i] for i in w]) for c, (r, w) in picks.items()}
         xf.plot_cam_examples(
@@ -59,12 +59,12 @@ def classify_explanations(
             f"Grad-CAM ({split}): where the evidence for the predicted class lies", shown,
         )  # fmt: skip
 
-    best = interpret.most_confident(true, pred, conf, k)
+    best = attribution.most_confident(true, pred, conf, k)
     if best:
         idx = list(best.values())
         images = data.x[idx]
         names = [task.classes[c] for c in best]
-        maps = interpret.feature_maps(model, _inputs(task, images, model))
+        maps = attribution.feature_maps(model, _inputs(task, images, model))
         for number, (layer, fmap) in enumerate(maps, 1):
             xf.plot_feature_maps(
                 images, names, fmap.cpu(), f"conv{number} ({layer})", out / f"feature_maps_conv{number}_{split}",
@@ -72,15 +72,15 @@ def classify_explanations(
             )  # fmt: skip
 
     if cfg.explain.embedding != "none" and len(true) >= 10:
-        idx = interpret.subsample(len(true), cfg.explain.embedding_points, cfg.train.seed)
+        idx = attribution.subsample(len(true), cfg.explain.embedding_points, cfg.train.seed)
         images = data.subset(idx).x  # a memory-mapped split stays on disk: read a chunk at a time
-        feats = interpret.penultimate(model, images, lambda x: _inputs(task, x, model))
-        xy = interpret.embed(feats, cfg.explain.embedding, cfg.train.seed)
+        feats = attribution.penultimate(model, images, lambda x: _inputs(task, x, model))
+        xy = attribution.embed(feats, cfg.explain.embedding, cfg.train.seed)
         plot_embedding(
             xy, true[idx], task.classes, task.colors, images, cfg.explain.embedding, out / f"embedding_{split}"
         )
 
-    cal = interpret.calibration(conf, pred == true)
+    cal = attribution.calibration(conf, pred == true)
     xf.plot_reliability(cal, out / f"calibration_{split}", f"{split}: confidence against accuracy")
 
 
@@ -103,23 +103,25 @@ def segment_explanations(
     conf, pred = probs.max(1)
     for name, pick in cases.items():
         # Entropy of the drawn images only: for the whole split it would be another copy of its probabilities.
-        ent = interpret.entropy(probs[pick])
+        ent = attribution.entropy(probs[pick])
         xf.plot_confidence_cases(
             data.x[pick], y[pick], pred[pick], conf[pick], ent, [data.names[i] for i in pick],
             [scores[i] for i in pick], task.classes, colors, out / f"confidence_{name}_{split}",
-            f"Confidence and entropy, {name} cases ({split})", interpret.max_entropy(len(task.classes)),
+            f"Confidence and entropy, {name} cases ({split})", attribution.max_entropy(len(task.classes)),
         )  # fmt: skip
 
     first = cases["best"][0]
     image = data.x[[first]]
     x = _inputs(task, image, model)
-    layer = interpret.cam_layer(model, x, "segment")[1]
-    cams = {c: interpret.grad_cam(model, x, i, "segment", layer)[0].cpu() for i, c in enumerate(task.classes)}
+    layer = attribution.cam_layer(model, x, per_pixel=True)[1]
+    cams = {
+        c: attribution.grad_cam(model, x, i, per_pixel=True, layer=layer)[0].cpu() for i, c in enumerate(task.classes)
+    }
     xf.plot_class_cams(
         image[0], cams, pred[first], colors, task.classes, out / f"class_cams_{split}",
         f"Grad-CAM of each class on {data.names[first]} ({split}): the evidence the network's deepest layer sees",
     )  # fmt: skip
 
     keep = slice(None) if task.ignore_index is None else y != task.ignore_index
-    cal = interpret.calibration(conf[keep], (pred == y)[keep])
+    cal = attribution.calibration(conf[keep], (pred == y)[keep])
     xf.plot_reliability(cal, out / f"calibration_{split}", f"{split} pixels: confidence against accuracy")

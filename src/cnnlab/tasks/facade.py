@@ -26,6 +26,7 @@ class FacadeTask(SegmentTask):
     mean, std = IMAGENET_MEAN, IMAGENET_STD
     channels = 3
     data_description = "CS194-26 mini facade set: 256x256 photos of facades with 5-class label maps"
+    samples_in_data = True  # test photos of the held-out buildings
 
     def load_data(self, cfg: RunConfig, progress: bool = True) -> dict[str, Split]:
         d = cfg.data

@@ -75,7 +75,7 @@ class FolderClassify(_FolderFacts, ClassifyTask):
 
     def load_data(self, cfg: RunConfig, progress: bool = True) -> dict[str, Split]:
         d = cfg.data
-        root = fd.existing(d.dir, "classify")
+        root = fd.existing(d.dir, fd.CLASS_LAYOUT)
         if not (root / "train").is_dir():
             raise DataError(f"{root}: no train/ folder; lay the images out as {root}/train/<class>/*.png")
         scans = {"train": fd.scan_classes(root / "train", d.classes)}
@@ -107,7 +107,7 @@ class FolderClassify(_FolderFacts, ClassifyTask):
         return data
 
     def load_external(self, folder: Path) -> Split:
-        scan = fd.scan_classes(fd.existing(folder, "classify"), list(self.classes))
+        scan = fd.scan_classes(fd.existing(folder, fd.CLASS_LAYOUT), list(self.classes))
         fd.survey(scan.files, False)
         return fd.load_classes(scan, self.image_size, self.channels, skip_bad=False, cache=False, progress=True)
 
@@ -122,7 +122,7 @@ class FolderSegment(_FolderFacts, SegmentTask):
 
     def load_data(self, cfg: RunConfig, progress: bool = True) -> dict[str, Split]:
         d = cfg.data
-        root = fd.existing(d.dir, "segment")
+        root = fd.existing(d.dir, fd.MASK_LAYOUT)
         info = fd.read_dataset_file(root)
         if d.classes is not None and d.classes != info.classes:
             raise DataError(f"{root}/classes.yaml: classes {info.classes} differ from this run's {d.classes}")
@@ -163,7 +163,7 @@ class FolderSegment(_FolderFacts, SegmentTask):
 
     def load_external(self, folder: Path) -> Split:
         info = fd.DatasetFile(list(self.classes), list(self.colors), self.ignore_index)
-        scan = fd.scan_masks(fd.existing(folder, "segment"))
+        scan = fd.scan_masks(fd.existing(folder, fd.MASK_LAYOUT))
         heads, _ = fd.survey(scan.files, False)
         shape, _ = fd.segment_shape(heads, None)
         return fd.load_masks(scan, shape, self.channels, info, skip_bad=False, cache=False, progress=True)

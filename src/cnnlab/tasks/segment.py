@@ -16,7 +16,7 @@ from ..data.splits import group_keys
 from ..errors import DataError
 from ..metrics import confusion_matrix, iou_per_class, per_class_average_precision, pixel_accuracy
 from ..outputs import write_json
-from ..plots import canvas, figures
+from ..sizes import MAX_SIDE, MIN_SIDE
 from . import Task, nll
 
 # ImageNet statistics: for RGB photographs (the facade set's, and the default of RGB folders).
@@ -94,6 +94,9 @@ class SegmentTask(Task):
     headline: ClassVar = {"map": ("mAP", "{:.3f}"), "miou": ("mIoU", "{:.3f}")}
     per_class = (("ap", "AP", "map"), ("iou", "IoU", "miou"))
     percent = False
+    colour_legend = True
+    # A photo smaller than a window of the training crops is refused; a larger one is decoded at MAX_SIDE.
+    photo_sides = (MIN_SIDE, MAX_SIDE)
 
     def __init__(self) -> None:
         self.class_weights: torch.Tensor | None = None
@@ -173,6 +176,8 @@ class SegmentTask(Task):
         return f"loss {m['loss']:.4f}  mAP {m['map']:.4f}  mIoU {m['miou']:.4f}  pixel acc {m['acc']:.2%}"
 
     def report_training(self, run_dir: Path, history: list[dict], model: torch.nn.Module, cfg: RunConfig) -> None:
+        from ..plots import canvas, figures
+
         out = run_dir / "figures"
         with canvas.pdf_copies():
             figures.plot_curves(history, out / "curves", metric="map", metric_label="mean AP")
@@ -197,6 +202,8 @@ class SegmentTask(Task):
         model: torch.nn.Module,
         cfg: RunConfig,
     ) -> None:
+        from ..plots import canvas, figures
+
         out = run_dir / "figures"
         pred = probs.argmax(1)
         y = data.targets
@@ -237,6 +244,7 @@ class SegmentTask(Task):
         return {"best": best, "worst": _one_per_group(order[::-1], groups, k, set(best)) or order[-1:]}
 
     def report_explanations(self, run_dir, split, data, probs, model, cfg) -> None:
+        from ..plots import canvas
         from .explanations import segment_explanations
 
         scores = per_image_iou(probs.argmax(1), data.targets, len(self.classes), self.ignore_index)

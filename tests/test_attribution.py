@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from cnnlab import attribution as interpret
+from cnnlab import attribution
 from cnnlab.models import build_model
 
 
@@ -38,10 +38,10 @@ def left_half_model():
 def test_grad_cam_mass_lies_where_the_decision_is_made():
     model = left_half_model()
     x = torch.rand(6, 1, 32, 32)
-    name, _ = interpret.cam_layer(model, x, "classify")
+    name, _ = attribution.cam_layer(model, x)
     assert name == "4"  # the last map larger than 1x1: the second conv block's ReLU, past the mask
     pred = model(x).argmax(1)
-    cam = interpret.grad_cam(model, x, pred)
+    cam = attribution.grad_cam(model, x, pred)
     assert cam.shape == (6, 32, 32)
     assert cam.min() >= 0 and cam.max() <= 1
     # The second conv's 3x3 window carries left-half evidence one column past the middle: a few percent.
@@ -72,7 +72,7 @@ def test_grad_cam_of_a_segmenter_points_at_the_class_region():
     x[..., 2:6, 10:14] = 5.0
     model = Bright().eval()
     assert (model(x).argmax(1)[0, 2:6, 10:14] == 1).all()
-    cam = interpret.grad_cam(model, x, 1, kind="segment")[0]
+    cam = attribution.grad_cam(model, x, 1, per_pixel=True)[0]
     inside = cam[2:6, 10:14].sum() / cam.sum()
     assert inside > 0.6, inside
 
@@ -83,7 +83,7 @@ def test_integrated_gradients_are_complete():
     x = torch.randn(3, 1, 28, 28)
     baseline = torch.full((1, 1, 28, 28), -0.8)
     target = model(x).argmax(1)
-    attr, delta = interpret.integrated_gradients(model, x, target, baseline, steps=128)
+    attr, delta = attribution.integrated_gradients(model, x, target, baseline, steps=128)
     with torch.no_grad():
         diff = model(x).gather(1, target[:, None])[:, 0] - model(baseline.expand_as(x)).gather(1, target[:, None])[:, 0]
     total = attr.sum((1, 2, 3))
@@ -102,12 +102,12 @@ def test_entropy_map_of_a_fixed_distribution_is_its_entropy_everywhere():
             return logits.expand(len(x), -1, *x.shape[-2:])
 
     probs = Fixed()(torch.zeros(2, 3, 7, 9)).softmax(1)
-    conf, ent = interpret.confidence_maps(probs)
+    conf, ent = attribution.confidence_maps(probs)
     by_hand = -(0.5 * math.log(0.5) + 0.25 * math.log(0.25) + 2 * 0.125 * math.log(0.125))  # 1.2130 nats
     assert ent.shape == (2, 7, 9)
     assert torch.allclose(ent, torch.full_like(ent, by_hand), atol=1e-6)
     assert torch.allclose(conf, torch.full_like(conf, 0.5))
-    assert interpret.max_entropy(5) == pytest.approx(math.log(5))
+    assert attribution.max_entropy(5) == pytest.approx(math.log(5))
 
 
 def test_expected_calibration_error_by_hand():
@@ -118,7 +118,7 @@ def test_expected_calibration_error_by_hand():
     # float32 0.8 lies a hair above 0.8 and still belongs to (0.6, 0.8]: edges in the input's precision.
     conf = torch.tensor([0.3, 0.3, 0.7, 0.7, 0.8, 0.9, 0.9, 0.9, 0.9, 1.0])
     ok = torch.tensor([1, 0, 1, 1, 1, 1, 1, 0, 0, 1]).bool()
-    cal = interpret.calibration(conf, ok, bins=5)
+    cal = attribution.calibration(conf, ok, bins=5)
     assert cal["count"] == [0, 2, 0, 3, 5]
     assert cal["ece"] == pytest.approx(0.2 * 0.2 + 0.3 * (1 - 2.2 / 3) + 0.5 * 0.32)
     assert math.isnan(cal["accuracy"][0]) and cal["accuracy"][4] == pytest.approx(0.6)
@@ -129,12 +129,12 @@ def test_penultimate_features_and_feature_maps_have_the_layer_shapes():
     x = torch.randn(5, 1, 28, 28)
     # 300 images: two chunks of the split, prepared one chunk at a time.
     images = torch.randint(0, 256, (300, 1, 28, 28), dtype=torch.uint8)
-    feats = interpret.penultimate(model, images, lambda u8: u8.float() / 255)
+    feats = attribution.penultimate(model, images, lambda u8: u8.float() / 255)
     assert feats.shape == (300, 128)
     with torch.no_grad():
         whole = nn.Sequential(*list(model)[:-1])(images.float() / 255)  # seed-a without its last layer
     assert torch.allclose(feats, whole, atol=1e-5)
-    maps = interpret.feature_maps(model, x[:2])
+    maps = attribution.feature_maps(model, x[:2])
     assert [(n, tuple(m.shape)) for n, m in maps] == [("0", (2, 32, 26, 26)), ("3", (2, 64, 10, 10))]
 
 
@@ -142,8 +142,8 @@ def test_example_choices():
     true = torch.tensor([0, 0, 0, 1, 1, 1])
     pred = torch.tensor([0, 1, 0, 1, 1, 0])
     conf = torch.tensor([0.6, 0.9, 0.8, 0.7, 0.95, 0.5])
-    assert interpret.pick_examples(true, pred, 2, per_class=1) == {0: ([0], [1]), 1: ([3], [5])}
-    assert interpret.most_confident(true, pred, conf, 3) == {0: 2, 1: 4}
-    assert interpret.subsample(5, 10).tolist() == [0, 1, 2, 3, 4]
-    idx = interpret.subsample(100, 10)
+    assert attribution.pick_examples(true, pred, 2, per_class=1) == {0: ([0], [1]), 1: ([3], [5])}
+    assert attribution.most_confident(true, pred, conf, 3) == {0: 2, 1: 4}
+    assert attribution.subsample(5, 10).tolist() == [0, 1, 2, 3, 4]
+    idx = attribution.subsample(100, 10)
     assert len(idx) == 10 and idx.unique().numel() == 10 and (idx.diff() > 0).all()
