@@ -40,6 +40,7 @@ CATEGORIES = [
     ("progress bar", "rich/"),
     ("checkpoints", "save_last (cnnlab/"),
     ("all-reduce of the step's statistics", "sum (cnnlab/distributed.py"),
+    ("all-reduce of the step's statistics", "sum (cnnlab/engine/distributed.py"),
 ]
 EXCLUDED = ("end_epoch (cnnlab/", "finish_outputs (cnnlab/", "say (cnnlab/")
 
@@ -49,13 +50,14 @@ def categorise(raw: Path) -> collections.Counter:
     for line in raw.read_text().splitlines():
         stack, _, n = line.rpartition(" ")
         frames = stack.split(";")
-        loop = [i for i, f in enumerate(frames) if "Trainer.run (cnnlab/engine.py" in f]
+        # cnnlab/engine.py before the house issue, cnnlab/engine/trainer.py since
+        loop = [i for i, f in enumerate(frames) if "Trainer.run (cnnlab/engine" in f]
         if not loop:
             continue
         below = frames[loop[0] + 1 :]
         if any(key in f for f in below[:1] for key in EXCLUDED):
             continue
-        step = [i for i, f in enumerate(below) if "Trainer.step (cnnlab/engine.py" in f]
+        step = [i for i, f in enumerate(below) if "Trainer.step (cnnlab/engine" in f]
         inner = below[step[0] + 1 :] if step else below
         name = next((c for c, key in CATEGORIES if any(key in f for f in inner[:3])), None)
         counts[name or ("the step's own lines" if step else "the loop's own lines")] += int(n)

@@ -110,7 +110,7 @@ def test_facade_curves_have_one_axis_per_plot(facade_run, monkeypatch, tmp_path)
     ]  # fmt: skip
     assert curves["plots"][2]["series"] == ["val_map"] and len(curves["val_map"]) == 1
     closed = []
-    monkeypatch.setattr(figures.plt, "close", closed.append)
+    monkeypatch.setattr(figures, "save", lambda fig, *args, **kwargs: closed.append(fig))
     figures.plot_curves(runs.read_history(facade_run), tmp_path / "curves", metric="map", metric_label="mean AP")
     axes = closed[0].axes
     assert len(axes) == 3  # a twin axis would be a fourth

@@ -18,10 +18,11 @@ from PIL import Image
 from cnnlab import api, outputs, runs
 from cnnlab.config import config_keys, load_config
 from cnnlab.engine import trainer as engine
+from cnnlab.engine.state import TrainResult
 
 FAST = ["--set", "train.threads=1", "--batch-size", "32", "--no-progress"]
 # engine.train's result, when the test stops short of training
-DONE = mock.Mock(interrupted=False, run_dir="r", finished=False)
+DONE = TrainResult(run_dir=Path("r"), completed=False, step=0, best=None, history=[])
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,6 @@ import torch
 
 from . import runs
 from .config import Override, RunConfig, load_config
-from .engine import checkpoint, evaluation
-from .engine import trainer as engine
 from .engine.state import TrainResult, console
 from .errors import ConfigError
 from .outputs import atomic_write, check_dir
@@ -104,7 +102,9 @@ def train(
 def train_config(cfg: RunConfig | None, run_dir: Path | None = None, **options: Any) -> Run:
     """`engine.train` (same arguments), then the run's report.html from what it wrote: a partial report
     for a stopped run. The loop itself writes figures and evaluations only."""
-    result = engine.train(cfg, run_dir, **options)
+    from .engine import trainer
+
+    result = trainer.train(cfg, run_dir, **options)
     if result.finished:
         from .report.run_page import write_report
 
@@ -134,6 +134,8 @@ def evaluate(
             f"{run_dir} is a shipped model: its validation and test metrics are on its card (`cnnlab models`); "
             "evaluate takes a run folder"
         )
+    from .engine import evaluation
+
     metrics = evaluation.evaluate(
         Path(run_dir),
         split=split,
@@ -227,9 +229,10 @@ def explain(
 def load_model(model: str | Path, which: str = "best", device: str = "cpu") -> tuple[torch.nn.Module, RunConfig]:
     """The network of a run folder or shipped model as a plain `torch.nn.Module` in eval mode, and its
     configuration. It takes normalised float NCHW input (see `cnnlab export`) and returns logits."""
+    from .engine.checkpoint import load_model as load
     from .zoo import resolve_any
 
-    return checkpoint.load_model(resolve_any(model), which, device)
+    return load(resolve_any(model), which, device)
 
 
 def sweep_activations(

@@ -24,7 +24,7 @@ from .config import RunConfig, dump_config
 from .engine import checkpoint
 from .errors import CheckpointError
 from .outputs import write_json
-from .runs import RunPaths, load_run_config, read_eval, read_history
+from .runs import RunPaths, load_run_config, read_eval, read_history, read_json
 from .tasks import get_task
 
 ENV_VAR = "CNNLAB_MODELS_DIR"
@@ -105,7 +105,7 @@ def _how_trained(cfg: RunConfig) -> str:
 
 
 def _card_for(run_dir: Path, name: str, cfg: RunConfig, weights: dict[str, Any]) -> dict[str, Any]:
-    env = json.loads(RunPaths(run_dir).env.read_text())
+    env = read_json(RunPaths(run_dir).env)
     epochs = [r for r in read_history(run_dir) if r["kind"] == "epoch"]
     task = get_task(cfg)
     model = task.build_model(cfg)

@@ -22,7 +22,7 @@ from safetensors.torch import save as serialize
 from ..config import RunConfig
 from ..errors import CheckpointError, CnnlabWarning, ConfigError
 from ..outputs import atomic_write, check_dir
-from ..runs import RunPaths, default_run_dir, load_run_config
+from ..runs import RunPaths, default_run_dir, load_run_config, read_json
 from ..tasks import get_task
 from .distributed import is_restart_of
 
@@ -214,7 +214,7 @@ def open_run(
     not hold a run), or the one in `run_dir` when resuming or when torchrun restarts the job that made it.
     Returns (config, folder, resuming, restarted by torchrun)."""
     env = RunPaths(run_dir).env if run_dir is not None else None
-    restarted = not resume and env is not None and env.is_file() and is_restart_of(json.loads(env.read_text()))
+    restarted = not resume and env is not None and env.is_file() and is_restart_of(read_json(env))
     if restarted:
         # torchrun --max-restarts restarted this job after a failure, with the same command: continue the
         # run from its last checkpoint (every process reads the same folder: a shared filesystem).

@@ -5,6 +5,7 @@ picks code by a task's kind; everything else asks the task."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from importlib import import_module
 from pathlib import Path
 from types import ModuleType
 
@@ -17,9 +18,7 @@ from ..tasks import Task
 
 def handler(task: Task) -> ModuleType:
     """The module that handles people's files for the task's kind: `infer.classify` or `infer.segment`."""
-    from . import classify, segment
-
-    return {"classify": classify, "segment": segment}[task.kind]
+    return import_module({"classify": ".classify", "segment": ".segment"}[task.kind], __name__)
 
 
 def photos(task: Task, paths: list[Path]) -> Iterator[tuple[Path, str, torch.Tensor, list[str]]]:

@@ -8,7 +8,6 @@ from typing import Any, ClassVar
 import torch
 
 from ..config import RunConfig
-from ..data import Split
 from ..data.augment import cls_augment
 from ..metrics import confusion_matrix, per_class_accuracy
 from ..runs import read_eval
@@ -79,16 +78,7 @@ class ClassifyTask(Task):
             figures.plot_filters(conv.weight, out / "filters_conv1", f"conv1: {o} filters of {c}x{k}x{k}")
             deep_filters(model, out)
 
-    def report_split(
-        self,
-        run_dir: Path,
-        split: str,
-        data: Split,
-        probs: torch.Tensor,
-        metrics: dict,
-        model: torch.nn.Module,
-        cfg: RunConfig,
-    ) -> None:
+    def report_split(self, run_dir, split, data, probs, metrics, model, cfg) -> None:
         from ..plots import canvas, figures
 
         out = run_dir / "figures"

@@ -192,16 +192,7 @@ class SegmentTask(Task):
                 colors=["#555555" if c == "#000000" else c for c in self.colors],
             )
 
-    def report_split(
-        self,
-        run_dir: Path,
-        split: str,
-        data: Split,
-        probs: torch.Tensor,
-        metrics: dict,
-        model: torch.nn.Module,
-        cfg: RunConfig,
-    ) -> None:
+    def report_split(self, run_dir, split, data, probs, metrics, model, cfg) -> None:
         from ..plots import canvas, figures
 
         out = run_dir / "figures"
