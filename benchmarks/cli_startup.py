@@ -17,7 +17,7 @@ from datetime import date
 
 from common import machine, write_block
 
-EAGER = "import sys, cnnlab.api, cnnlab.cli; sys.argv = ['cnnlab', *sys.argv[1:]]; cnnlab.cli.main()"
+EAGER = "import sys, cnnlab.api, cnnlab.cli.app; sys.argv = ['cnnlab', *sys.argv[1:]]; cnnlab.cli.app.main()"
 COMMANDS = {
     "python -c pass (interpreter start, baseline)": [sys.executable, "-c", "pass"],
     "cnnlab --help, torch imported first (before)": [sys.executable, "-c", EAGER, "--help"],

@@ -43,8 +43,13 @@ def child(model_ref: str, photo: str, side: int, tta: bool) -> None:
     """Runs inside the measured process (new or baseline code on sys.path): prints one JSON line."""
     from cnnlab.api import load_model
     from cnnlab.data.images import load_photo
-    from cnnlab.infer import segment as seg
-    from cnnlab.sizes import MAX_SIDE, MIN_SIDE
+    try:
+        from cnnlab.infer import segment as seg
+        from cnnlab.sizes import MAX_SIDE, MIN_SIDE
+    except ImportError:  # a baseline from before the house issue (cnnlab/segment.py)
+        from cnnlab import segment as seg
+
+        MAX_SIDE, MIN_SIDE = seg.MAX_SIDE, seg.MIN_SIDE
     from cnnlab.tasks import get_task
 
     model, cfg = load_model(model_ref)
@@ -53,7 +58,6 @@ def child(model_ref: str, photo: str, side: int, tta: bool) -> None:
     new = "views" in inspect.signature(seg.segment).parameters
     if new:
         from cnnlab.engine.runtime import inference_runtime
-
         from cnnlab.engine.tta import Views
 
         args = (side, Views.of(cfg) if tta else Views(), inference_runtime())

@@ -30,7 +30,8 @@ def test_no_public_name_is_shadowed_by_a_submodule():
 
 
 def test_predict_is_the_function_whatever_was_imported_first():
-    code = "import cnnlab.serve, cnnlab.cli, cnnlab; print(callable(cnnlab.predict), cnnlab.predict.__module__)"
+    first = "import cnnlab.serve.app, cnnlab.cli.app, cnnlab.infer.predict, cnnlab"
+    code = f"{first}; print(callable(cnnlab.predict), cnnlab.predict.__module__)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["True", "cnnlab.api"]
 

@@ -29,7 +29,7 @@ COMMANDS = [[], ["report"], ["models"], ["explain"], ["export"], ["serve"], ["fa
 
 def test_help_needs_no_torch():
     # --help and --version answer without importing torch (~1.5 s): the whole CLI module tree stays light.
-    code = "import sys, cnnlab.cli; print(sorted(m for m in ('torch', 'numpy', 'matplotlib') if m in sys.modules))"
+    code = "import sys, cnnlab.cli.app; print(sorted(m for m in ('torch', 'numpy', 'matplotlib') if m in sys.modules))"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
 

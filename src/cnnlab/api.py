@@ -24,7 +24,7 @@ from .outputs import atomic_write, check_dir
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["Run", "evaluate", "load_model", "predict", "sweep_activations", "train"]
+__all__ = ["Run", "evaluate", "explain", "load_model", "predict", "sweep_activations", "train"]
 
 # Keyword shortcuts and the option each stands for on the command line (named in error messages).
 SHORTCUTS = {
@@ -100,7 +100,7 @@ def train(
 
 
 def train_config(cfg: RunConfig | None, run_dir: Path | None = None, **options: Any) -> Run:
-    """`engine.train` (same arguments), then the run's report.html from what it wrote: a partial report
+    """`engine.trainer.train` (same arguments), then the run's report.html from what it wrote: a partial report
     for a stopped run. The loop itself writes figures and evaluations only."""
     from .engine import trainer
 

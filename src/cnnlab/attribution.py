@@ -1,6 +1,6 @@
 """What a trained network looks at and how sure it is, for both task kinds: class activation maps
 (Captum's Grad-CAM), integrated gradients, feature maps, penultimate features, per-pixel confidence and
-entropy, and calibration. Tensors in, tensors out; the figures live in report/explain_figures.py."""
+entropy, and calibration. Tensors in, tensors out; the figures live in plots/explain.py."""
 
 from __future__ import annotations
 

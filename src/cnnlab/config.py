@@ -193,7 +193,7 @@ DEFAULT_RECIPES = {name: info.default_recipe for name, info in TASKS.items()}
 def _recipe_folders(task: str) -> list[str]:
     """Where `task`'s recipe names are looked up: its own folder; a folder task also takes the recipes of
     the built-in dataset of its kind (`cnnlab segment train --recipe fast` is the facade recipe)."""
-    builtin = [t for t in ("fashion", "facade") if KINDS[t] == KINDS[task] and t != task]
+    builtin = [t for t, info in TASKS.items() if info.builtin and info.kind == KINDS[task] and t != task]
     return [task, *builtin]
 
 

@@ -102,6 +102,7 @@ def read_history(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def eval_path(run_dir: Path, split: str) -> Path:
+    """Where a run's evaluation of `split` lives."""
     return Path(run_dir) / f"eval_{split}.json"
 
 

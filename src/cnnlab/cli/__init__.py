@@ -1,2 +1,2 @@
-"""The `cnnlab` command: app.py holds the top-level commands, tasks.py each task's train, evaluate,
-predict and explain."""
+"""The `cnnlab` command: app.py holds the top-level commands (explain, models, export, report, serve) and
+the help words, tasks.py each task's train, evaluate and predict."""

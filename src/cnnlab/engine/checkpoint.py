@@ -4,6 +4,9 @@ A checkpoint is written to a temporary file, fsynced and renamed over the old on
 either the old or the new file whole. The header carries a SHA-256 of the format, the JSON state and
 the tensors; a file that fails it (or does not parse) is refused, and `load_latest` falls back to the
 previous good one.
+
+Also a run's weights as a model (`load_model`, `load_weights`) and the folder a training opens or resumes
+(`open_run`).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from safetensors.torch import save as serialize
 
 from ..config import RunConfig
 from ..errors import CheckpointError, CnnlabWarning, ConfigError
-from ..outputs import atomic_write, check_dir
+from ..outputs import _one_line, atomic_write, check_dir
 from ..runs import RunPaths, default_run_dir, load_run_config, read_json
 from ..tasks import get_task
 from .distributed import is_restart_of
@@ -81,10 +84,6 @@ def _digest_1(tensors: dict[str, torch.Tensor]) -> str:
         h.update(key.encode())
         h.update(_raw(tensors[key]))
     return h.hexdigest()
-
-
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split())
 
 
 def save(path: Path, state: dict[str, Any], keep_previous: bool = False) -> None:

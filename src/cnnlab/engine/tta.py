@@ -33,6 +33,7 @@ class Views:
 
     @property
     def shifts(self) -> list[tuple[int, int]]:
+        """(down, right) offsets: none, then `shift` px each way."""
         s = self.shift
         return [(0, 0), (s, 0), (-s, 0), (0, s), (0, -s)] if s else [(0, 0)]
 

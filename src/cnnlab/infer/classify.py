@@ -74,7 +74,8 @@ def explain_photo(
     max_side: int | None = None,
 ) -> dict[str, Any]:
     """OUT/STEM_explain.png: the image, Grad-CAM of the prediction and of `target` (default the runner-up),
-    integrated gradients of the prediction and the top probabilities; returns the numbers."""
+    integrated gradients of the prediction and the top probabilities; returns the numbers. `max_side` is
+    not used (a classifier sees its own input size): the signature is every kind's `explain_photo`."""
     from ..plots.explain import plot_attributions
 
     x_u8, more = task.photo_input(img)

@@ -43,7 +43,6 @@ def explain_files(
     out = check_dir(out, "--out")
     results = []
     for path, stem, img, notes in photos(task, paths):
-        out.mkdir(parents=True, exist_ok=True)
         info = kind.explain_photo(model, task, img, notes, target, out, stem, max_side)
         info = {"file": str(path), "notes": notes, **info}
         write_json(out / f"{stem}_explain.json", info)

@@ -13,7 +13,8 @@ from . import handler
 
 @dataclass(frozen=True)
 class Options:
-    """What `cnnlab.predict` takes; each kind refuses the options it would ignore."""
+    """What `cnnlab.predict` takes. Classifiers refuse out, max_side and tta, segmenters save_inputs: given
+    to the other kind, they would be ignored."""
 
     top: int = 3  # classification: classes listed
     out: Path | None = None  # segmentation: folder of the outputs

@@ -96,8 +96,8 @@ def segment(
     rt: Runtime | None = None,
 ) -> torch.Tensor:
     """uint8 (C,H,W) photo -> float (classes, h, w) probabilities at the working size (longer side at
-    most `max_side`), averaged over `views` (mirrored, resized); `rt` None: bf16 where the CPU has it,
-    channels-last."""
+    most `max_side`), averaged over `views` (mirrored, resized; a segmenter takes no shifted views);
+    `rt` None: bf16 where the CPU has it, channels-last."""
     model.eval()
     rt = rt or inference_runtime()
     _, h, w = img.shape

@@ -1,6 +1,6 @@
 """Figures that explain what a network learned: class activation maps, attributions, feature maps, the
 filters of deeper layers, calibration and, for segmentation, where the model is unsure (the embedding of
-the penultimate features has report/embedding.py). Each `plot_*` writes NAME.png and the numbers behind it
+the penultimate features has plots/embedding.py). Each `plot_*` writes NAME.png and the numbers behind it
 as NAME.json."""
 
 from __future__ import annotations

@@ -50,7 +50,7 @@ def view_of(task: Task) -> _View:
 # One stylesheet for every page and its print layout; the run report adds the styles of its own parts.
 CSS = files(__package__).joinpath("report.css").read_text() + files(__package__).joinpath("print.css").read_text()
 RUN_CSS = files(__package__).joinpath("run_page.css").read_text()
-# Figures are drawn at figures.DPI (150) but shown at the size they had at 110 dpi, where their 7-8 pt
+# Figures are drawn at plots.canvas.DPI (150) but shown at the size they had at 110 dpi, where their 7-8 pt
 # labels read well; the extra pixels make them sharp in print and on high-density screens.
 SHOWN_DPI = 110
 FOOTER = "Self-contained: every image is embedded in this file."

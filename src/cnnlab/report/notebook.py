@@ -57,7 +57,8 @@ def run_html(run_dir: Path) -> str:
     shown = [
         next((figures / f"{n}.png" for n in group if (figures / f"{n}.png").is_file()), None) for group in KEY_FIGURES
     ]
-    images = "".join(_png_tag(p)[0] for p in shown if p is not None)
+    # A notebook column is narrower than the report: figures shrink to it, keeping their shape.
+    images = "".join(_png_tag(p)[0].replace("<img ", '<img style="max-width:100%;height:auto" ') for p in shown if p)
     report = run_dir / "report.html"
     link = f"<p>Full report: <code>{escape(str(report))}</code></p>" if report.is_file() else ""
     return f"<div><table>{table}</table><div>{images}</div>{link}</div>"

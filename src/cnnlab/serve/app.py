@@ -12,9 +12,9 @@ requests waiting: past that it answers 503 with Retry-After rather than pile up 
 Uploads stay in memory (multipart parts over 1 MB spool to the system temp folder while parsed).
 Every error answer, whatever raised it, is JSON {"detail": "one line"}, as the OpenAPI schema says.
 
-Beside this module: serve_models.py (the slots' models and their cards), serve_results.py (what an answer
-holds), serve_samples.py (images to try the page with), serve_schema.py (the answers' shapes), and the page
-itself, serve.html with static/serve.js and static/serve.css, which loads nothing from outside.
+Beside this module: models.py (the slots' models and their cards), results.py (what an answer holds),
+samples.py (images to try the page with), schema.py (the answers' shapes), and the page itself, page.html
+with static/serve.js and static/serve.css, which loads nothing from outside.
 """
 
 from __future__ import annotations

@@ -151,6 +151,8 @@ class Task:
         model: torch.nn.Module,
         cfg: RunConfig,
     ) -> None:
+        """The figures of one evaluated split (confusion, per-class table, examples or cases) into
+        RUN/figures; `cfg` is the run's configuration (segmentation: its group rule picks the cases)."""
         raise NotImplementedError
 
     def report_explanations(
