@@ -226,9 +226,33 @@ def yaml_problem(error: Exception) -> str:
     return " ".join(str(error).split())[:120]
 
 
+class _NoAliases(yaml.SafeLoader):
+    """YAML without aliases (`*name`): a few hundred bytes of nested aliases expand to gigabytes while the
+    objects are built, so an alias is refused before any of them is made."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            problem = f"aliases (*{excerpt(event.anchor, 20)}) are not read; write the value out"
+            raise yaml.composer.ComposerError(None, None, problem, event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def load_yaml(text: str) -> Any:
+    """Every YAML cnnlab reads from a user (recipes, classes.yaml, run configs, values of --set): safe types
+    only, and no aliases."""
+    return yaml.load(text, Loader=_NoAliases)
+
+
+def excerpt(value: Any, limit: int = 60) -> str:
+    """`repr(value)` cut to `limit` characters: an error line quotes at most this much of a bad value."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _read_yaml(path: Path) -> dict:
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path.read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         raise ConfigError(f"{path}: cannot read recipe ({yaml_problem(e)}); fix the YAML") from None
     if data is None:
@@ -300,7 +324,7 @@ def parse_override(item: str) -> Override:
     if "#" in raw:
         raise ConfigError(f"{written}: '#' is not part of a {key} value; remove it")
     try:
-        return Override(key, yaml.safe_load(raw), written)
+        return Override(key, load_yaml(raw), written)
     except yaml.YAMLError as e:
         raise ConfigError(
             f"{written}: cannot read the value ({yaml_problem(e)}); write e.g. 3, 3e-4, true or [1, 2]"

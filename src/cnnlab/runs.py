@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .config import RunConfig, config_from_dict, yaml_problem
+from .config import RunConfig, config_from_dict, load_yaml, yaml_problem
 from .errors import CheckpointError
 
 
@@ -45,7 +45,7 @@ def load_run_config(run_dir: Path) -> RunConfig:
     if not path.is_file():
         raise CheckpointError(f"{run_dir}: not a cnnlab run folder (no config.yaml)")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path.read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         raise CheckpointError(
             f"{path}: the run's configuration is damaged ({yaml_problem(e)}); restore the file as training wrote it"

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 import yaml
 from PIL import Image, UnidentifiedImageError
 
+from ..config import excerpt, load_yaml, yaml_problem
 from ..errors import DataError
 from . import Rows, Split
 from .cache import cache_key, decoded
@@ -111,13 +112,13 @@ def read_dataset_file(folder: Path) -> DatasetFile:
     if not path.is_file():
         raise DataError(f"{path}: missing; {example}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path.read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise DataError(f"{path}: cannot read ({' '.join(str(e).split())[:120]}); {example}") from None
+        raise DataError(f"{path}: cannot read ({yaml_problem(e)}); {example}") from None
     if not isinstance(data, dict) or not isinstance(data.get("classes"), list):
         raise DataError(f"{path}: needs a list under 'classes'; {example}")
     if unknown := sorted(set(data) - {"classes", "ignore", "group_key", "mean", "std"}):
-        raise DataError(f"{path}: unknown key {unknown[0]!r}; keys are classes, ignore, group_key, mean, std")
+        raise DataError(f"{path}: unknown key {excerpt(unknown[0])}; keys are classes, ignore, group_key, mean, std")
     names, colors = [], []
     for item in data["classes"]:
         if isinstance(item, dict) and len(item) == 1:
@@ -125,14 +126,14 @@ def read_dataset_file(folder: Path) -> DatasetFile:
         else:
             name, color = item, None
         if not isinstance(name, str | int) or (color is not None and not _HEX.fullmatch(str(color))):
-            raise DataError(f"{path}: class entry {item!r} is not a name or name: '#RRGGBB'; {example}")
+            raise DataError(f"{path}: class entry {excerpt(item)} is not a name or name: '#RRGGBB'; {example}")
         names.append(str(name))
         colors.append(color and str(color).upper())
     if len(names) < 2 or len(set(names)) < len(names):
-        raise DataError(f"{path}: needs at least two distinct class names, got {names}")
+        raise DataError(f"{path}: needs at least two distinct class names, got {excerpt(names)}")
     ignore = data.get("ignore")
     if ignore is not None and (not isinstance(ignore, int) or not len(names) <= ignore <= 255):
-        raise DataError(f"{path}: ignore {ignore!r} must be a mask value from {len(names)} to 255")
+        raise DataError(f"{path}: ignore {excerpt(ignore)} must be a mask value from {len(names)} to 255")
     stats = {k: data.get(k) for k in ("mean", "std")}
     for key, value in stats.items():
         if value is not None and not (isinstance(value, list) and all(isinstance(v, int | float) for v in value)):
