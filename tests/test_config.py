@@ -46,8 +46,18 @@ def test_bad_recipes_are_refused_in_one_line(tmp_path, text, expected):
 
 
 def test_unknown_recipe_lists_the_choices():
-    with pytest.raises(ConfigError, match=r"recipe 'nope' not found.*seed-a"):
+    with pytest.raises(ConfigError, match=r"recipe 'nope' not found for fashion; choose one of best, fast, seed-a"):
         load_config("fashion", "nope")
+
+
+TYPOS = [("fashion", "seeda", "seed-a"), ("facade", "unte", "unet"), ("fashion", "Fast", "fast"),
+         ("classify", "smal", "small")]  # fmt: skip
+
+
+@pytest.mark.parametrize(("task", "typo", "meant"), TYPOS)
+def test_a_recipe_typo_gets_a_suggestion_as_set_keys_do(task, typo, meant):
+    with pytest.raises(ConfigError, match=rf"recipe '{typo}' not found for {task}; did you mean {meant}\? Or"):
+        load_config(task, typo)
 
 
 def test_bad_override_syntax():

@@ -314,6 +314,11 @@ def test_mean_and_std_are_measured_on_train(monkeypatch, capsys, tmp_path):
     assert d["std"] == [0.001, 0.5, 0.001]  # a constant channel: the floor, not 0
     assert (d["channels"], d["image_size"], d["classes"]) == (3, 8, ["a", "b"])
     assert d["colors"] == palette(2) and d["dir"] == str(data)
+    # No test split: evaluate names the split it takes, and that one works.
+    code, _, err = run_cli(monkeypatch, capsys, "classify", "evaluate", out)
+    one_error_line(code, err, "has no 'test' split; evaluate --split val")
+    code, _, err = run_cli(monkeypatch, capsys, "classify", "evaluate", out, "--split", "val")
+    assert code == 0, err
 
     grey = tmp_path / "grey"
     for name, value in (("a", 51), ("b", 204)):

@@ -207,13 +207,17 @@ def find_recipe(task: str, recipe: str) -> Path:
     path = Path(recipe)
     if path.suffix in (".yaml", ".yml"):
         if not path.is_file():
-            raise ConfigError(f"{path}: recipe file not found; give a YAML file or one of {recipe_names(task)}")
+            names = ", ".join(recipe_names(task))
+            raise ConfigError(f"{path}: recipe file not found; give a YAML file or one of {names}")
         return path
     for t in _recipe_folders(task):
         for d in recipe_dirs():
             if (d / t / f"{recipe}.yaml").is_file():
                 return d / t / f"{recipe}.yaml"
-    raise ConfigError(f"recipe '{recipe}' not found for {task}; choose one of {recipe_names(task)} or a .yaml file")
+    names = recipe_names(task)
+    near = difflib.get_close_matches(recipe, names, n=1, cutoff=0.6)
+    hint = f"did you mean {near[0]}? Or choose one of" if near else "choose one of"
+    raise ConfigError(f"recipe {excerpt(recipe)} not found for {task}; {hint} {', '.join(names)} or a .yaml file")
 
 
 def yaml_problem(error: Exception) -> str:

@@ -100,7 +100,9 @@ def evaluate(
     elif data is None:
         data = task.load_data(cfg)
     if split not in data or not len(data[split]):
-        raise CheckpointError(f"{run_dir}: this run has no '{split}' split; choose one of {sorted(data)}")
+        held_out = [s for s in ("val", "test") if len(data.get(s, []))]  # the splits `--split` takes
+        choice = f"evaluate --split {' or '.join(held_out)}" if held_out else "give --data, a labelled folder"
+        raise CheckpointError(f"{run_dir}: this run has no '{split}' split; {choice}")
     try:
         metrics, probs = evaluate_split(model, task, data[split], rt, cfg)
     except DataError as e:
