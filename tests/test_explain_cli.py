@@ -47,16 +47,39 @@ def test_explain_the_shipped_fashion_model(garments, tmp_path, monkeypatch, caps
 
 def test_explain_a_chosen_class_and_the_errors(garments, tmp_path, monkeypatch, capsys):
     path, _ = garments[0]
+    code, _, err = run_cli(monkeypatch, capsys, "explain", "fashion", path, "-o", tmp_path)
+    assert code == 0, err
+    plain = json.loads((tmp_path / f"{path.stem}_explain.json").read_text())
     code, _, err = run_cli(monkeypatch, capsys, "explain", "fashion", path, "--class", "Sneaker", "-o", tmp_path)
     assert code == 0, err
-    info = json.loads((tmp_path / f"{path.stem}_explain.json").read_text())
+    info = json.loads((tmp_path / f"{path.stem}_Sneaker_explain.json").read_text())
     assert info["explained"][1] == "Sneaker"
+    # Beside the plain explanation, not over it; a class name with a slash makes one file name.
+    assert json.loads((tmp_path / f"{path.stem}_explain.json").read_text()) == plain
+    code, _, err = run_cli(monkeypatch, capsys, "explain", "fashion", path, "--class", "T-shirt/top", "-o", tmp_path)
+    assert code == 0, err
+    assert (tmp_path / f"{path.stem}_T-shirt-top_explain.png").is_file()
     code, _, err = run_cli(monkeypatch, capsys, "explain", "fashion", path, "--class", "Sock", "-o", tmp_path)
     one_error_line(code, err, "--class Sock", "Ankle boot")
     code, _, err = run_cli(monkeypatch, capsys, "explain", "fashion", tmp_path / "nope.png", "-o", tmp_path)
     one_error_line(code, err, "nope.png", "not found")
     code, _, err = run_cli(monkeypatch, capsys, "explain", "no-such-model", path)
     one_error_line(code, err, "no-such-model", "cnnlab models")
+
+
+def test_a_name_too_long_for_the_outputs_is_shortened_before_any_work(garments, tmp_path, monkeypatch, capsys):
+    """A 250-byte file name is legal, but NAME_explain.json past 255 bytes is not: the outputs' stem is cut
+    (marked ~) before the work, never a failure after it and an empty folder."""
+    long = tmp_path / ("é" * 120 + "shoe.png")  # 240 + 8 bytes
+    long.write_bytes(garments[0][0].read_bytes())
+    code, _, err = run_cli(monkeypatch, capsys, "explain", "fashion", long, "-o", tmp_path / "out")
+    assert code == 0, err
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert [n.endswith(("~_explain.json", "~_explain.png")) for n in names] == [True, True]
+    assert all(len(n.encode()) <= 255 - 14 for n in names)
+    code, _, err = run_cli(monkeypatch, capsys, "explain", "fashion", garments[0][0], "-o", tmp_path / ("x" * 250))
+    one_error_line(code, err, "the name is 250 bytes", "choose a shorter one")
+    assert not (tmp_path / ("x" * 250)).exists()
 
 
 def test_a_name_with_dots_keeps_its_whole_name(garments, tmp_path, monkeypatch, capsys):
@@ -84,7 +107,8 @@ def test_explain_the_shipped_facade_model_on_a_real_photo(real_facade, tmp_path,
 
     code, _, err = run_cli(monkeypatch, capsys, "explain", "facade", photo, "--class", "pillar", "-o", tmp_path)
     assert code == 0, err
-    assert json.loads((tmp_path / f"{photo.stem}_cams.json").read_text())["classes"] == ["pillar"]
+    assert json.loads((tmp_path / f"{photo.stem}_pillar_cams.json").read_text())["classes"] == ["pillar"]
+    assert json.loads((tmp_path / f"{photo.stem}_cams.json").read_text())["classes"] == classes  # kept
 
 
 @pytest.fixture(scope="module")

@@ -402,6 +402,19 @@ def test_the_old_options_fill_the_slots(folder_run, runs, monkeypatch, capsys):
     one_error_line(code, err, "--fashion and --facade are the old names of --classify and --segment")
 
 
+def test_a_named_model_that_cannot_serve_its_slot_stops_the_command(runs, monkeypatch, capsys):
+    """`serve --classify A_FACADE_RUN` refuses with exit 2 instead of starting a slot that answers 503; a
+    slot left to its default still starts with a note."""
+    started = {}
+    monkeypatch.setattr("uvicorn.run", lambda app, **_: started.update(app=app))
+    code, _, err = run_cli(monkeypatch, capsys, "serve", "--classify", runs["facade"])
+    one_error_line(code, err, "a facade model, not a classify one; serve it with --segment")
+    assert started == {}
+    code, _, err = run_cli(monkeypatch, capsys, "serve", "--segment", runs["facade"] / "nowhere")
+    one_error_line(code, err, "nowhere")
+    assert started == {}
+
+
 class _Held(torch.nn.Module):
     """A model whose every forward pass waits until the test lets it go."""
 

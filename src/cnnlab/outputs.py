@@ -45,6 +45,7 @@ def _check_ancestors(path: Path, option: str) -> None:
 def check_dir(path: str | Path, option: str) -> Path:
     """`path` is a folder cnnlab may create or write into; OutputError (one line naming `option`) if not."""
     path = Path(path)
+    _check_name(path, option)
     if path.exists() and not path.is_dir():
         raise OutputError(f"{option} {path}: is a file, not a folder; give a folder (it is created if missing)")
     if path.is_dir():
@@ -59,6 +60,7 @@ def check_file(path: str | Path, option: str, example: str = "out") -> Path:
     """`path` is a file cnnlab may create or replace; OutputError (one line naming `option`) if not.
     `example` is a file name to suggest inside a folder given by mistake."""
     path = Path(path)
+    _check_name(path, option)
     if path.is_dir():
         raise OutputError(f"{option} {path}: is a folder; give a file name, e.g. {path / example}")
     if path.exists() and not os.access(path, os.W_OK):
@@ -67,19 +69,57 @@ def check_file(path: str | Path, option: str, example: str = "out") -> Path:
     return path
 
 
+NAME_MAX = 255  # bytes in one file name (ext4, xfs, btrfs, APFS)
+# A stem leaves room for the longest suffix cnnlab adds ("_side_by_side.jpg", "_<class>_explain.json") and
+# atomic_write's temporary name (".NAME.XXXXXXXX.tmp", 14 bytes more).
+MAX_STEM_BYTES = 160
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _fit(stem: str) -> str:
+    """`stem` without control characters (a newline would break the one-line messages that name it) and cut
+    to MAX_STEM_BYTES of UTF-8, marked with "~" where it was cut."""
+    stem = _CONTROL.sub("_", stem)
+    raw = stem.encode()
+    if len(raw) <= MAX_STEM_BYTES:
+        return stem
+    return raw[: MAX_STEM_BYTES - 1].decode(errors="ignore") + "~"
+
+
 def unique_stems(paths: Sequence[str | Path]) -> list[str]:
     """Output name stems for input files, one per input, never two alike: `a/IMG_1.jpg` and
-    `b/IMG_1.jpg` become `IMG_1` and `IMG_1-2`, so one input's outputs never replace another's."""
+    `b/IMG_1.jpg` become `IMG_1` and `IMG_1-2`, so one input's outputs never replace another's. Every
+    stem fits a file name with cnnlab's suffixes (`_fit`), so no command fails on a name after its work."""
     taken: set[str] = set()
     stems = []
     for p in paths:
-        stem, n = Path(p).stem, 1
+        stem, n = _fit(Path(p).stem), 1
         while (stem if n == 1 else f"{stem}-{n}").lower() in taken:  # case-insensitive file systems too
             n += 1
         stem = stem if n == 1 else f"{stem}-{n}"
         taken.add(stem.lower())
         stems.append(stem)
     return stems
+
+
+def suffix_slug(text: str, limit: int = 40) -> str:
+    """`text` (a class name) as part of a file name: runs of anything but letters, digits, '.', '-' and '_'
+    become '-', at most `limit` characters."""
+    return re.sub(r"[^\w.-]+", "-", text).strip("-")[:limit] or "class"
+
+
+def _check_name(path: Path, option: str) -> None:
+    if len(path.name.encode()) > NAME_MAX - 14:  # atomic_write's temporary name is 14 bytes longer
+        raise OutputError(
+            f"{option} {excerpt_path(path)}: the name is {len(path.name.encode())} bytes, over the "
+            f"{NAME_MAX - 14} a file name can take here; choose a shorter one"
+        )
+
+
+def excerpt_path(path: Path, limit: int = 80) -> str:
+    """A path for a message, its name cut to `limit` characters."""
+    name = path.name if len(path.name) <= limit else path.name[: limit - 3] + "..."
+    return str(path.with_name(name)) if path.name else str(path)
 
 
 T = TypeVar("T")

@@ -198,8 +198,12 @@ def serve(
     if (classify is not None and fashion is not None) or (segment is not None and facade is not None):
         raise CnnlabError("--fashion and --facade are the old names of --classify and --segment; give each once")
     limits = Limits(max_upload_bytes=int(max_upload_mb * 2**20), workers=workers, queue=queue)
-    web = create_app(classify or fashion, segment or facade, limits)
+    named = {"classify": classify or fashion, "segment": segment or facade}
+    web = create_app(named["classify"], named["segment"], limits)
     for kind, served in web.state.served.items():
+        if served.model is None and named[kind] is not None:
+            # A model the user named and cannot have is a mistake to fix now, not a slot that answers 503.
+            raise CnnlabError(served.error or f"--{kind} {named[kind]}: cannot be served")
         if served.model is None:
             typer.echo(f"cnnlab: note: /api/{kind} will answer 503: {served.error}", err=True)
     # Connections past the queue get uvicorn's own 503; this bounds the memory held by uploads in flight.

@@ -12,7 +12,7 @@ from typing import Any
 
 from ..engine.checkpoint import load_model
 from ..errors import ConfigError
-from ..outputs import check_dir, write_json
+from ..outputs import check_dir, suffix_slug, write_json
 from ..sizes import MAX_WORK_SIDE
 from ..tasks import Task, get_task
 from . import handler, photos
@@ -31,7 +31,8 @@ def explain_files(
 ) -> list[dict[str, Any]]:
     """Write NAME_explain.png and NAME_explain.json per image into `out` (segmentation: also NAME_cams.png)
     and return the numbers. `class_name`: the class to explain besides the prediction (classification)
-    or the only class whose activation map is drawn (segmentation; default: every class)."""
+    or the only class whose activation map is drawn (segmentation; default: every class); its files are
+    NAME_<class>_explain.png and so on, beside the plain explanation's, not over them."""
     model, cfg = load_model(run_dir)
     model.float().eval()
     task = get_task(cfg)
@@ -42,7 +43,9 @@ def explain_files(
         raise ConfigError(f"max_side {max_side}: choose {lo} to {hi} px for explanations")
     out = check_dir(out, "--out")
     results = []
+    tag = f"_{suffix_slug(class_name)}" if class_name is not None else ""
     for path, stem, img, notes in photos(task, paths):
+        stem += tag
         info = kind.explain_photo(model, task, img, notes, target, out, stem, max_side)
         info = {"file": str(path), "notes": notes, **info}
         write_json(out / f"{stem}_explain.json", info)
