@@ -307,8 +307,13 @@ def test_mean_and_std_are_measured_on_train(monkeypatch, capsys, tmp_path):
         save(data / "train" / "b" / f"{i}.png", np.full((8, 8, 3), (255, 255, 51)))
     save(data / "val" / "a" / "v.png", np.full((8, 8, 3), (0, 0, 0)))  # validation images do not count
     save(data / "val" / "b" / "v.png", np.full((8, 8, 3), (9, 9, 9)))
-    code, _, err = train_cli(monkeypatch, capsys, "classify", data, out, "--epochs", "1", "--batch-size", "2")
+    (tmp_path / "x").mkdir()  # paths given with '..' are stored and printed normalised
+    code, stdout, err = train_cli(
+        monkeypatch, capsys, "classify", tmp_path / "x" / ".." / "data", tmp_path / "x" / ".." / "run",
+        "--epochs", "1", "--batch-size", "2",
+    )  # fmt: skip
     assert code == 0, err
+    assert "x/.." not in stdout + err and f"{out}/report.html" in stdout + err
     d = yaml.safe_load((out / "config.yaml").read_text())["data"]
     assert d["mean"] == [1.0, 0.5, 0.2]
     assert d["std"] == [0.001, 0.5, 0.001]  # a constant channel: the floor, not 0

@@ -139,6 +139,7 @@ def test_models_command(shipped, tmp_path, monkeypatch):
     rows = {line.split()[0]: line.split() for line in r.stdout.splitlines() if line.strip()}
     val, test = f"{card['val']['acc']:.2%}", f"{card['test']['acc']:.2%}"
     assert rows["fashion"][1:6] == ["seed-a", "seed-a", "no", val, test]  # no ImageNet encoder
+    assert rows["fashion"][6] == card["trained"] and "…" not in r.stdout  # piped: the table whole, not 80 columns
     assert card["imagenet_encoder"] is False and card["training"].startswith("from scratch; ")
     facade = json.loads((shipped / "alt" / "card.json").read_text())
     assert rows["alt"][4:6] == [f"{facade['val']['map']:.3f}", f"{facade['val']['miou']:.3f}"]

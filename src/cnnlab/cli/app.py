@@ -89,7 +89,8 @@ def models() -> None:
     if not cards:
         typer.echo("no shipped models installed; predict and export take a run folder instead")
         return
-    console = Console(highlight=False)
+    # A pipe or a file has no width: rich would cut the table at 80 columns ("2026-1…"); print it whole.
+    console = Console(highlight=False, width=None if sys.stdout.isatty() else 1000)
     for task in sorted({c["task"] for c in cards}):
         # The columns are the task's headline metrics; a folder task's facts live in its model's config.
         first = next(c for c in cards if c["task"] == task)

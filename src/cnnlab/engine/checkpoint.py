@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -211,7 +212,9 @@ def open_run(
 ) -> tuple[RunConfig, Path, bool, bool]:
     """The configuration and folder of a run about to train: a new one (`cfg` into `run_dir`, which must
     not hold a run), or the one in `run_dir` when resuming or when torchrun restarts the job that made it.
-    Returns (config, folder, resuming, restarted by torchrun)."""
+    Returns (config, folder, resuming, restarted by torchrun). Paths are kept normalised (`main/../flat`
+    is `flat`), as every message prints them."""
+    run_dir = Path(os.path.normpath(run_dir)) if run_dir is not None else None
     env = RunPaths(run_dir).env if run_dir is not None else None
     restarted = not resume and env is not None and env.is_file() and is_restart_of(read_json(env))
     if restarted:
@@ -223,7 +226,7 @@ def open_run(
             raise CheckpointError("--resume needs a run folder")
         cfg = load_run_config(run_dir)
         if data_dir is not None:
-            cfg.data.dir = str(Path(data_dir).expanduser().absolute())
+            cfg.data.dir = os.path.abspath(Path(data_dir).expanduser())
         return cfg, run_dir, True, restarted
     if epochs is not None or data_dir is not None:
         raise ConfigError("epochs and data_dir are for resuming; set them in the configuration of a new run")
@@ -232,5 +235,5 @@ def open_run(
         raise CheckpointError(f"{run_dir}: already holds a run; use --resume {run_dir} or another --out folder")
     if cfg.data.dir is not None:
         # Stored absolute: resume and evaluate run from any working folder.
-        cfg.data.dir = str(Path(cfg.data.dir).expanduser().absolute())
+        cfg.data.dir = os.path.abspath(Path(cfg.data.dir).expanduser())
     return cfg, run_dir, False, False

@@ -219,8 +219,7 @@ def plot_top_filters(weight: torch.Tensor, path: Path, title: str, top: int = 16
     ax.set_frame_on(False)
     ax.set_xlabel(f"per filter its {s} input-channel slices of largest |w| (caption: input channel)", fontsize=7)
     # The extra pad keeps the title clear of the first row's captions.
-    ax.set_title(f"{title}\n{len(filters)} of {out_c} filters of largest |w|, weight {out_c}x{in_c}x{kh}x{kw}",
-                 fontsize=9, pad=12)  # fmt: skip
+    ax.set_title(title, fontsize=9, pad=12)
     _colorbar(fig, im, "weight", ax=ax, fraction=0.05, pad=0.03)
     data = {"shape": list(w.shape), "filters": filters.tolist(), "norms": norms[filters].tolist(),
             "slices": [p.tolist() for p in picks]}  # fmt: skip
