@@ -50,6 +50,12 @@ def test_help_reads_as_words(args, monkeypatch, capsys):
         assert "pip install 'cnnlab[tensorboard]'" in out  # the extra's name survives rich markup
     if args[-1:] == ["predict"]:
         assert "IMAGE..." in out or "PHOTO..." in out
+    # At 200 columns no sentence of a command's own help breaks: each text line ends a sentence (or a
+    # paragraph's last clause), never mid-phrase as the docstrings' source lines did.
+    texts = [line.strip(" │") for line in out.splitlines() if not line.lstrip().startswith(("╭", "╰", "-", "*"))]
+    lines = [s for s in texts if s and not s.startswith(("Usage:", "cnnlab", "--"))]
+    broken = [s for s in lines if re.search(r"[a-z,]$", s) and len(s) < 150]
+    assert broken == [], broken
 
 
 def test_options_a_task_does_not_take_are_not_listed(monkeypatch, capsys):

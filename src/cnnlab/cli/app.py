@@ -5,7 +5,9 @@ fraction of a second instead of the ~1.5 s importing torch takes."""
 
 from __future__ import annotations
 
+import inspect
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -230,9 +232,16 @@ class _PlainArgument(TyperArgument):
 _WORDS = {int: "N", float: "X", str: "TEXT", Path: "PATH"}
 
 
+_PARAGRAPH_BREAK = re.compile(r"(?<!\n)\n(?!\n)")
+
+
 def _plain_help(command: Command) -> Command:
     """Readable help for `command` and its subcommands: options show a word (N, X, PATH, a choice) in
     place of typer's `<int>`/`<bool>` types, flags show none, arguments their metavar."""
+    if command.help:
+        # A docstring's line breaks are the source's width, not sentences: rich would keep them, breaking
+        # lines mid-sentence; paragraphs (blank lines) stay.
+        command.help = _PARAGRAPH_BREAK.sub(" ", inspect.cleandoc(command.help))
     help_option = command.get_help_option(Context(command))  # made on first use, then kept by the command
     for param in [*command.params, *([help_option] if help_option else [])]:
         if isinstance(param, TyperArgument):
