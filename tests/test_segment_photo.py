@@ -107,3 +107,22 @@ def test_max_side_out_of_range_is_one_line(tmp_path, monkeypatch, capsys):
     assert code == 2 and "--max-side" in err  # a classifier has no working size
     with pytest.raises(ConfigError, match="take no max_side or tta"):
         api.predict("fashion", [tmp_path / "x.png"], tta=True)
+
+
+def test_a_folder_of_photos_and_their_masks_segments_the_photos_only(tmp_path, monkeypatch, capsys):
+    """`facade predict FOLDER` on the layout `evaluate --data` takes (NAME.jpg + NAME.png label maps): the
+    label maps are skipped with one warning, not segmented as photos (NAME-2_overlay.png)."""
+    import numpy as np
+    from conftest import make_facade_dir
+    from PIL import Image
+
+    folder = make_facade_dir(tmp_path / "set", n=2, size=64)
+    grey = np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8)
+    Image.fromarray(grey).save(folder / "lone.png")  # a grey photo with no photo beside it: segmented
+    code, _, err = run_cli(monkeypatch, capsys, "facade", "predict", folder, "-o", tmp_path / "out", "--no-progress")
+    assert code == 0, err
+    made = sorted(p.name for p in (tmp_path / "out").glob("*_overlay.png"))
+    assert made == ["eecs442_0000_overlay.png", "eecs442_0001_overlay.png", "lone_overlay.png"]
+    warnings = [line for line in err.splitlines() if line.startswith("cnnlab: warning:")]
+    assert warnings == ["cnnlab: warning: skipped 2 label map(s) beside their photos (eecs442_0000.png next to "
+                        "eecs442_0000.jpg)"]  # fmt: skip

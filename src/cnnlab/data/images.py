@@ -57,6 +57,22 @@ def image_files(names: list[Path]) -> list[Path]:
     return files
 
 
+def label_maps_beside_photos(files: list[Path]) -> list[Path]:
+    """The PNGs among `files` that are label maps of a photo also among them: NAME.png (one channel of at
+    most 8 bits, as masks are) beside NAME.jpg in the same folder, the layout `evaluate --data` takes."""
+    photos = {(p.parent, p.stem) for p in files if p.suffix.lower() in (".jpg", ".jpeg")}
+    found = []
+    for p in files:
+        if p.suffix.lower() == ".png" and (p.parent, p.stem) in photos:
+            try:
+                with Image.open(p) as im:
+                    if im.mode in ("P", "L", "1"):
+                        found.append(p)
+            except (OSError, SyntaxError):
+                pass  # unreadable: left to the photo reader, which names the problem
+    return found
+
+
 def load_photo(
     path: str | Path,
     *,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import warnings
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -24,10 +25,10 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .. import attribution
 from ..config import RunConfig
-from ..data.images import shrink
+from ..data.images import label_maps_beside_photos, shrink
 from ..engine.runtime import Runtime, inference_runtime
 from ..engine.tta import Views, average
-from ..errors import ConfigError
+from ..errors import CnnlabWarning, ConfigError
 from ..metrics import class_areas
 from ..outputs import atomic_write, check_dir, json_bytes, progress_over
 from ..plots.overlays import colorize
@@ -247,6 +248,14 @@ def predict_files(
 
     if opts.save_inputs is not None:
         raise ConfigError(f"save_inputs {opts.save_inputs}: {cfg.task} models see the photo itself; drop it")
+    if labels := label_maps_beside_photos(paths):
+        # A folder of NAME.jpg + NAME.png (photos and their masks): the masks are answers, not photos.
+        paths = [p for p in paths if p not in set(labels)]
+        warnings.warn(
+            f"skipped {len(labels)} label map(s) beside their photos ({labels[0].name} next to {labels[0].stem}.jpg)",
+            CnnlabWarning,
+            stacklevel=2,
+        )
     default = Path("predictions") if is_shipped(run_dir) else run_dir / "predictions"
     folder = check_dir(opts.out or default, "--out")
     views = Views.of(cfg) if opts.tta else Views()
