@@ -223,12 +223,17 @@ def test_bad_data_is_one_line_naming_it(monkeypatch, capsys, tmp_path, cache_dir
 def test_skip_bad_trains_and_lists_the_files(monkeypatch, capsys, tmp_path):
     data, out = make_classify(tmp_path / "data"), tmp_path / "run"
     bad = [garbage(data / "train" / "red" / "x.png"), truncated(data / "train" / "blue" / "t.png")]
+    gone, loop = data / "train" / "green" / "gone.png", data / "train" / "green" / "loop.png"
+    gone.symlink_to("nowhere.png")  # links that lead nowhere are named, never dropped without a word
+    loop.symlink_to("loop.png")
+    code, _, err = train_cli(monkeypatch, capsys, "classify", data, tmp_path / "strict", "--epochs", "1")
+    one_error_line(code, err, f"{gone}: a link to nowhere.png, which leads nowhere", "(3 such files)")
     args = ("--epochs", "1", "--set", "data.skip_bad=true", "--set", "data.val_fraction=0.25")
     code, _, err = train_cli(monkeypatch, capsys, "classify", data, out, *args)
     assert code == 0, err
-    assert "skipped 2 unreadable files" in err
-    # Both: the one whose header is unreadable, and the one that failed only when decoded.
-    assert json.loads((out / "skipped.json").read_text()) == [str(bad[1]), str(bad[0])]
+    assert "skipped 4 unreadable files" in err
+    # All: the ones whose header is unreadable, and the one that failed only when decoded.
+    assert json.loads((out / "skipped.json").read_text()) == [str(bad[1]), str(gone), str(loop), str(bad[0])]
     assert ": 9 train, 3 val," in err, err  # the 12 good images
 
 
@@ -239,7 +244,8 @@ def test_skip_bad_segment_skips_unreadable_pairs_not_wrong_masks(monkeypatch, ca
     skip = ("--set", "data.skip_bad=true", "--epochs", "1")
     code, _, err = train_cli(monkeypatch, capsys, "segment", data, out, *SEG_FAST[len(FAST) :], *skip)
     assert code == 0, err
-    assert json.loads((out / "skipped.json").read_text()) == [str(bad_image), str(data / "images" / "sq05.png")]
+    # Each pair under the file that is bad: sq03's image, sq05's mask.
+    assert json.loads((out / "skipped.json").read_text()) == [str(bad_image), str(data / "masks" / "sq05.png")]
     # A mask with a value outside the classes is a mistake to fix, not a file to skip.
     mask = np.array(Image.open(data / "masks" / "sq07.png"))
     mask[3, 3] = 9

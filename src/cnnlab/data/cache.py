@@ -33,8 +33,11 @@ def cache_key(files: Sequence[Path], **params: object) -> str:
     """A hash of the files (path, size, mtime) and the decoding parameters."""
     h = hashlib.sha256(json.dumps({"version": VERSION, **params}, sort_keys=True).encode())
     for path in files:
-        st = path.stat()
-        h.update(f"{path.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        try:
+            st, where = path.stat(), path.resolve()
+        except (OSError, RuntimeError):  # a link that leads nowhere (named as a bad file later): the link itself
+            st, where = path.lstat(), Path(os.path.abspath(path))
+        h.update(f"{where}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:24]
 
 

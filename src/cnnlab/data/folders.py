@@ -7,6 +7,7 @@ DIR/test/ holding images/ and masks/ too. Pixels are decoded once into the memor
 
 from __future__ import annotations
 
+import os
 import re
 import statistics
 import warnings
@@ -53,8 +54,12 @@ class DatasetFile:
 
 
 def _images_in(folder: Path) -> list[Path]:
+    """The folder's image files by suffix, links that lead nowhere (dangling, or in a loop) included: those
+    are named as bad files later, never dropped without a word."""
     try:
-        return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in SUFFIXES)
+        return sorted(
+            p for p in folder.iterdir() if (p.is_file() or p.is_symlink()) and p.suffix.lower() in SUFFIXES
+        )
     except OSError as e:
         raise DataError(f"{folder}: cannot list the folder ({e.strerror}); check its permissions") from None
 
@@ -184,18 +189,40 @@ def header(path: Path) -> tuple[int, int, str] | None:
         return None
 
 
+def problem(path: Path) -> str:
+    """What is wrong with a file that does not read as an image, in a few words."""
+    if path.is_symlink() and not path.exists():
+        try:
+            target = os.readlink(path)
+        except OSError:
+            target = "?"
+        return f"a link to {target}, which leads nowhere (missing, or a loop of links)"
+    return "not a readable image"
+
+
 def survey(files: list[Path], skip_bad: bool) -> tuple[list[tuple[int, int, str] | None], list[Path]]:
     """Headers of every file; unreadable ones are an error, or skipped (listed) with `skip_bad`."""
     heads = [header(p) for p in files]
     bad = [p for p, h in zip(files, heads, strict=True) if h is None]
     if files and len(bad) == len(files):
-        raise DataError(f"{bad[0]}: not a readable image, nor is any of the {len(files)} files; give JPEG or PNG")
+        raise DataError(f"{bad[0]}: {problem(bad[0])}, nor is any of the {len(files)} files; give JPEG or PNG")
     if bad and not skip_bad:
         raise DataError(
-            f"{bad[0]}: not a readable image ({len(bad)} such file{'s' if len(bad) > 1 else ''}); replace or remove "
+            f"{bad[0]}: {problem(bad[0])} ({len(bad)} such file{'s' if len(bad) > 1 else ''}); replace or remove "
             "it, or set data.skip_bad: true to skip and list them in the run"
         )
     return heads, bad
+
+
+def bad_files_of_pair(image: Path, mask: Path) -> list[Path]:
+    """Which of an image and its mask fails to read (the one a skipped pair is listed under)."""
+    bad = []
+    for path, read in ((image, load_photo), (mask, mask_pixels)):
+        try:
+            read(path)
+        except DataError:
+            bad.append(path)
+    return bad or [image]
 
 
 def default_size(heads: list[tuple[int, int, str] | None], kind: str) -> int:

@@ -28,11 +28,14 @@ def _lazy(split: Split) -> Split:
 
 def _left_out(scans: dict[str, fd.Scan], data: dict[str, Split], name) -> list[str]:
     """The files skipped with data.skip_bad: those whose name (`name(path)`, as the split names them) is not
-    in their decoded split. Not only the files whose header is unreadable: a truncated file fails later."""
+    in their decoded split. Not only the files whose header is unreadable: a truncated file fails later.
+    A segmentation pair is listed under the file that is bad: its image, its mask or both."""
     out = []
     for k, scan in scans.items():
         kept = set(data[k].names)
-        out += [str(p) for p in scan.files if name(p) not in kept]
+        for i, p in enumerate(scan.files):
+            if name(p) not in kept:
+                out += [str(b) for b in fd.bad_files_of_pair(p, scan.masks[i])] if scan.masks else [str(p)]
     return out
 
 
