@@ -5,10 +5,10 @@ Blocks are read from README.md by their fence language: ```sh blocks run with `b
 are skipped. Any other block (no language, another language, or a shell command this file does not
 know) is a failing case: teach this file how to treat it.
 
-All blocks share one temporary working folder, in which the inputs the README names are made from
-real data first: my_shoe.jpg and shoe.png are a Fashion-MNIST test sneaker, upscaled; photo.jpg,
-street.jpg and other_folder/ (3 photos with their label maps) come from the mini-facade set. The
-README's own scripts make the rest (`digits/` from scikit-learn's digits, `facades/` from the facade set).
+All blocks share one temporary working folder. The inputs the README names come from its own
+scripts: `scripts/example_inputs.py` (my_shoe.jpg and shoe.png: a Fashion-MNIST test sneaker as a photo;
+photo.jpg, street.jpg and other_folder/: held-out facades), `digits/` from scikit-learn's digits and
+`facades/` from the facade set. A block run on its own (`-k`) gets the inputs from the same script first.
 A block that uses a run folder another block makes (`runs/first`, `runs/facade`, `runs/sweep-activations-seed-a`)
 runs that block first (once per module), so any single case can also run on its own (`-k`). Every block
 runs at most once per module, so a script that refuses an existing destination (scripts/digits_folder.py,
@@ -36,13 +36,11 @@ Skips, each with its reason: `make` blocks (they install and run this suite) and
 from __future__ import annotations
 
 import ast
-import gzip
 import importlib.util
 import json
 import os
 import re
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
@@ -51,7 +49,6 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 from conftest import FACADE_REAL, FASHION_REAL, IN_CI, require_data
@@ -257,24 +254,11 @@ def env(work: Path) -> dict[str, str]:
 
 
 def make_inputs(work: Path, data: set[str]) -> None:
-    """The files the README's commands name, made from real data (once per data set)."""
-    from PIL import Image
-
-    if "fashion" in data and not (work / "my_shoe.jpg").exists():
-        with gzip.open(FASHION_REAL / "t10k-labels-idx1-ubyte.gz") as f:
-            labels = np.frombuffer(f.read(), np.uint8, offset=8)
-        with gzip.open(FASHION_REAL / "t10k-images-idx3-ubyte.gz") as f:
-            images = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)
-        sneaker = Image.fromarray(images[int(np.flatnonzero(labels == 7)[0])])
-        sneaker.resize((224, 224), Image.Resampling.BICUBIC).convert("RGB").save(work / "my_shoe.jpg", quality=92)
-        sneaker.resize((112, 112), Image.Resampling.BICUBIC).save(work / "shoe.png")
-    if "facade" in data and not (work / "photo.jpg").exists():
-        shutil.copy(FACADE_REAL / "eecs442_0000.jpg", work / "photo.jpg")
-        shutil.copy(FACADE_REAL / "eecs442_0001.jpg", work / "street.jpg")
-        (work / "other_folder").mkdir()
-        for i in (2, 3, 4):
-            for ext in ("jpg", "png"):
-                shutil.copy(FACADE_REAL / f"eecs442_{i:04d}.{ext}", work / "other_folder" / f"eecs442_{i:04d}.{ext}")
+    """The files the README's commands name, made as the README makes them (scripts/example_inputs.py, the
+    quick start's second line), also for a block run on its own."""
+    if data & {"fashion", "facade"} and not (work / "street.jpg").exists():
+        script = REPO / "scripts" / "example_inputs.py"
+        subprocess.run([BIN / "python", script, work], check=True, capture_output=True, env=env(work), timeout=120)
 
 
 def require(data: set[str]) -> None:
