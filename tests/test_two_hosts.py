@@ -271,8 +271,13 @@ def test_a_host_killed_mid_epoch_stops_the_other_and_resume_continues_exactly(ho
     assert [r["step"] for r in ra] == [r["step"] for r in rb] == list(range(1, 3 * 94 + 1))
     assert [r["loss"] for r in ra[:step]] == [r["loss"] for r in rb[:step]]
     assert ra[step]["loss"] == pytest.approx(rb[step]["loss"], rel=1e-4)  # the first step after: same weights
-    # ~190 steps later fp32 sums in two orders have drifted apart (at most 2.3% in a step's loss here).
-    assert [r["loss"] for r in ra] == pytest.approx([r["loss"] for r in rb], rel=0.05)
+    # Steps later, fp32 sums in two orders have drifted apart, by how much depends on where the kill fell:
+    # at most 2.3% in a step's loss on an Intel Xeon, 5.5% in one step near the end on an AMD EPYC. The
+    # last epoch's mean loss stays within 2%.
+    assert [r["loss"] for r in ra] == pytest.approx([r["loss"] for r in rb], rel=0.1)
+    last = slice(-94, None)
+    mean_a, mean_b = (sum(r["loss"] for r in rows[last]) / 94 for rows in (ra, rb))
+    assert mean_a == pytest.approx(mean_b, rel=0.02)
     a, b = (json.loads((r / "eval_test.json").read_text()) for r in (alone, two))
     assert abs(a["acc"] - b["acc"]) <= 0.005 and a["loss"] == pytest.approx(b["loss"], rel=0.02), (a, b)
 
