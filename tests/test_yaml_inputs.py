@@ -10,10 +10,11 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cnnlab.config import config_keys, load_config, load_yaml
+from cnnlab.config import config_keys, load_config
 from cnnlab.data.folders import read_dataset_file
 from cnnlab.errors import CheckpointError, ConfigError, DataError
 from cnnlab.runs import load_run_config
+from cnnlab.yaml_input import load_yaml
 
 
 def laughs(levels: int, name: str = "a") -> str:

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from .catalog import TASKS
 from .errors import ConfigError
+from .yaml_input import excerpt, load_yaml, yaml_problem
 
 TaskName = Literal["fashion", "facade", "classify", "segment"]
 
@@ -218,40 +219,6 @@ def find_recipe(task: str, recipe: str) -> Path:
     near = difflib.get_close_matches(recipe, names, n=1, cutoff=0.6)
     hint = f"did you mean {near[0]}? Or choose one of" if near else "choose one of"
     raise ConfigError(f"recipe {excerpt(recipe)} not found for {task}; {hint} {', '.join(names)} or a .yaml file")
-
-
-def yaml_problem(error: Exception) -> str:
-    """A YAML or reading error in a few words: where and what, without the parser's excerpt."""
-    if isinstance(error, yaml.MarkedYAMLError) and error.problem_mark is not None:
-        mark = error.problem_mark
-        return f"line {mark.line + 1}, column {mark.column + 1}: {error.problem}"
-    if isinstance(error, OSError):
-        return error.strerror or str(error)
-    return " ".join(str(error).split())[:120]
-
-
-class _NoAliases(yaml.SafeLoader):
-    """YAML without aliases (`*name`): a few hundred bytes of nested aliases expand to gigabytes while the
-    objects are built, so an alias is refused before any of them is made."""
-
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
-            problem = f"aliases (*{excerpt(event.anchor, 20)}) are not read; write the value out"
-            raise yaml.composer.ComposerError(None, None, problem, event.start_mark)
-        return super().compose_node(parent, index)
-
-
-def load_yaml(text: str) -> Any:
-    """Every YAML cnnlab reads from a user (recipes, classes.yaml, run configs, values of --set): safe types
-    only, and no aliases."""
-    return yaml.load(text, Loader=_NoAliases)
-
-
-def excerpt(value: Any, limit: int = 60) -> str:
-    """`repr(value)` cut to `limit` characters: an error line quotes at most this much of a bad value."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _read_yaml(path: Path) -> dict:

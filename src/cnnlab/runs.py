@@ -13,8 +13,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .config import RunConfig, config_from_dict, load_yaml, yaml_problem
+from .config import RunConfig, config_from_dict
 from .errors import CheckpointError
+from .yaml_input import load_yaml, yaml_problem
 
 
 @dataclass

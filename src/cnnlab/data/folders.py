@@ -20,8 +20,8 @@ import torch.nn.functional as F
 import yaml
 from PIL import Image, UnidentifiedImageError
 
-from ..config import excerpt, load_yaml, yaml_problem
 from ..errors import DataError
+from ..yaml_input import excerpt, load_yaml, yaml_problem
 from . import Rows, Split
 from .cache import cache_key, decoded
 from .images import MAX_PIXELS, SUFFIXES, load_photo
