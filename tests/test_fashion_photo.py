@@ -13,10 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from scipy import ndimage
 
 from cnnlab.data import fashion
 from cnnlab.engine.checkpoint import load_model
+from cnnlab.errors import NothingFound
 from cnnlab.tasks import get_task
 from cnnlab.tasks.fashion import FashionTask
 from cnnlab.tasks.fashion_photo import prepare
@@ -62,19 +64,25 @@ def _box(x: np.ndarray) -> tuple[int, int, int, int]:
 
 def test_every_condition_gives_back_the_dataset_image(bench, test_split):
     for index, cond in enumerate(bench.CONDITIONS):
+        # JPEG 30 keeps colour at half the resolution and in coarse 16 px blocks that bleed past the garment:
+        # that photo's own damage (with its background known the model scores 80% on it, not 93%).
+        damaged = cond.garment != "grey" and cond.jpeg is not None
         similar = []
         for i in range(8):
             original = test_split.x[i, 0].numpy()
             photo = bench.render(original, cond, np.random.default_rng([0, index, i]))
-            x, _ = FashionTask().photo_input(_photo(photo.pixels))
+            x, _ = FashionTask().photo_input(photo.tensor())
             assert x.shape == (1, 28, 28) and x.dtype == torch.uint8
             out = x[0].numpy().astype(float)
             similar.append(_similarity(out, original.astype(float)))
             assert out.max() >= 254, cond.name  # contrast stretched as the dataset's (some of whose peak at 254)
             # Background black: nothing lit 3 px or more away from the garment (it may sit 2 px off).
             far = ~ndimage.binary_dilation(original > 0, iterations=3)
-            assert (out[far] == 0).mean() >= 0.98, (cond.name, i)
-        assert np.median(similar) > 0.9 and min(similar) > 0.75, (cond.name, similar)
+            assert (out[far] == 0).mean() >= (0.8 if damaged else 0.98), (cond.name, i)
+        assert np.median(similar) > (0.8 if damaged else 0.9) and min(similar) > (0.45 if damaged else 0.75), (
+            cond.name,
+            similar,
+        )
 
 
 def test_the_old_preparation_fails_the_same_check(bench, test_split):
@@ -133,11 +141,46 @@ def test_the_notes_say_what_was_done(bench, test_split):
 
 
 @pytest.mark.parametrize("noise", [0.0, 3.0])
-def test_a_blank_photo_gives_black_and_says_so(noise):
-    photo = np.full((60, 90), 128.0) + np.random.default_rng(0).normal(0, noise, (60, 90))
-    x, notes = prepare(_photo(photo.round()))
-    assert torch.equal(x, torch.zeros(1, 28, 28, dtype=torch.uint8))
-    assert notes == ["no garment found: nothing stands out from the background (grey 128); the model sees black"]
+@pytest.mark.parametrize("colour", [None, (200, 180, 150)])
+def test_a_blank_photo_says_no_garment_instead_of_a_guess(noise, colour):
+    grey = np.full((60, 90), 128.0) + np.random.default_rng(0).normal(0, noise, (60, 90))
+    if colour is None:
+        img, shade = _photo(grey.round()), "grey 128"
+    else:  # a beige photo: the same noise in every channel, over the colour
+        rgb = np.clip(grey[..., None] - 128 + np.array(colour), 0, 255).round().astype(np.uint8)
+        img, shade = torch.from_numpy(rgb).permute(2, 0, 1).contiguous(), "#c8b496"
+    with pytest.raises(NothingFound) as e:
+        prepare(img)
+    assert str(e.value) == f"no garment found: nothing stands out from the background ({shade})"
+
+
+def test_a_grey_photo_decoded_in_colour_is_prepared_exactly_as_in_grey(bench, test_split):
+    """Photos are decoded in colour since issue 29; a grey one (three equal channels) must not change."""
+    for index, cond in enumerate(bench.CONDITIONS[:14]):
+        photo = bench.render(test_split.x[index, 0].numpy(), cond, np.random.default_rng([2, index]))
+        grey = photo.tensor()
+        x, notes = prepare(grey)
+        x3, notes3 = prepare(grey.expand(3, -1, -1).contiguous())
+        assert torch.equal(x, x3) and notes == notes3, cond.name
+
+
+def test_a_garment_with_the_backgrounds_grey_is_found_by_its_colour():
+    """A pink rectangle on a beige table of the same grey: invisible in grey, plain in colour."""
+    beige, red = np.array([214, 196, 160]), np.array([255, 175, 170])
+    grey = lambda c: float(c @ [0.299, 0.587, 0.114])  # noqa: E731
+    assert abs(grey(beige) - grey(red)) < 3
+    rgb = np.broadcast_to(beige, (120, 160, 3)).astype(float).copy()
+    rgb[20:100, 60:100] = red
+    rgb += np.random.default_rng(0).normal(0, 2, rgb.shape)
+    img = torch.from_numpy(rgb.round().clip(0, 255).astype(np.uint8)).permute(2, 0, 1).contiguous()
+    with pytest.raises(NothingFound):  # what cnnlab saw until issue 29: the photo decoded grey
+        prepare(torch.from_numpy(np.asarray(Image.fromarray(img.permute(1, 2, 0).numpy()).convert("L")).copy())[None])
+    x, notes = prepare(img)
+    w, h = map(int, re.match(r"cropped to the garment \((\d+)x(\d+) of 160x120\)", notes[0]).groups())
+    assert abs(w - 40) <= 3 and abs(h - 80) <= 3
+    assert notes[1] == "found by its colour and grey against the background (#d6c4a0)"
+    top, bottom, left, right = _box(x[0].numpy() > 128)
+    assert top <= 1 and bottom >= 26 and abs((right - left + 1) - 14) <= 1  # 40x80 -> 14x28, lit
 
 
 def test_the_shipped_model_reads_grey_background_photos(bench, test_split):
@@ -153,3 +196,24 @@ def test_the_shipped_model_reads_grey_background_photos(bench, test_split):
         acc_now = (model(task.eval_inputs(now)).argmax(1) == y).float().mean().item()
         acc_before = (model(task.eval_inputs(before)).argmax(1) == y).float().mean().item()
     assert acc_now >= 0.85 and acc_before < 0.3, (acc_now, acc_before)
+
+
+def test_the_shipped_model_reads_colour_garments_with_the_backgrounds_grey(bench, test_split):
+    """Issue 29: garments told from the background by their colour alone. Decoded grey (cnnlab until then)
+    5 in 6 were 'no garment found'; found by colour, the issue asks 85% or more."""
+    cond = _condition(bench, "colour garment, the background's grey")
+    model, cfg = load_model(resolve_model(None, "fashion"))
+    task = get_task(cfg)
+    x, y = test_split.x[:200], test_split.y[:200]
+    photos = [bench.render(g, cond, np.random.default_rng([1, i])) for i, g in enumerate(x[:, 0].numpy())]
+    accuracy = {}
+    for name, decoded in (("colour", [p.tensor() for p in photos]), ("grey", [p.grey() for p in photos])):
+        right = 0
+        for img, label in zip(decoded, y.tolist(), strict=True):
+            try:
+                with torch.no_grad():
+                    right += int(model(task.eval_inputs(task.photo_input(img)[0][None])).argmax(1)) == label
+            except NothingFound:
+                pass
+        accuracy[name] = right / len(y)
+    assert accuracy["colour"] >= 0.85 and accuracy["grey"] < 0.3, accuracy

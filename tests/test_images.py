@@ -9,7 +9,7 @@ from PIL import Image
 
 from cnnlab.data.facade import load_folder
 from cnnlab.data.images import FORMATS, load_photo, read_photo, shrink
-from cnnlab.errors import DataError, NotAnImageError
+from cnnlab.errors import DataError, NotAnImageError, NothingFound
 from cnnlab.tasks.fashion import MAX_SIDE, MIN_SIDE, fashion_pixels
 
 
@@ -60,6 +60,24 @@ def test_grey_png_to_rgb_and_to_l(tmp_path):
     assert notes == ["converted from greyscale to RGB"]
     image, notes = load_photo(tmp_path / "g.png", mode="L")
     assert image.shape == (1, 3, 4) and torch.equal(image[0], torch.from_numpy(grey)) and notes == []
+
+
+def test_mode_any_keeps_grey_files_grey_and_colour_files_colour(tmp_path):
+    """The fashion model sees grey but finds a garment by its colour too: it decodes photos with mode "any"."""
+    grey = np.arange(12, dtype=np.uint8).reshape(3, 4) * 20
+    Image.fromarray(grey, "L").save(tmp_path / "g.png")
+    Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "g16.png")
+    Image.fromarray(np.stack([grey, grey // 2, 255 - grey], 2), "RGB").save(tmp_path / "c.png")
+    Image.fromarray(grey, "L").convert("P").save(tmp_path / "p.png")
+    for name, channels, notes in (
+        ("g.png", 1, []),
+        ("g16.png", 1, ["converted from 16-bit grey to L"]),
+        ("c.png", 3, []),
+        ("p.png", 3, ["converted from palette to RGB"]),
+    ):
+        image, said = load_photo(tmp_path / name, mode="any")
+        assert image.shape == (channels, 3, 4) and said == notes, (name, said)
+    assert torch.equal(load_photo(tmp_path / "g.png", mode="any")[0][0], torch.from_numpy(grey))
 
 
 def test_rgb_to_l_uses_luma(tmp_path):
@@ -263,13 +281,16 @@ def test_shrink_averages_uint8_images():
 
 def test_fashion_pixels_of_a_huge_strip_stay_small():
     # Padded to a square as floats before any shrinking, this took 160 GB.
-    x, notes = fashion_pixels(torch.zeros(1, 200, 200_000, dtype=torch.uint8), [])
-    assert x.shape == (1, 28, 28)
-    assert notes[0] == "downscaled 200000x200 to 280x1"
+    notes: list[str] = []
+    with pytest.raises(NothingFound, match=r"no garment found: .* \(grey 0\)"):  # a 1 px high strip holds none
+        fashion_pixels(torch.zeros(1, 200, 200_000, dtype=torch.uint8), notes)
+    assert notes == ["downscaled 200000x200 to 280x1"]
 
 
 def test_fashion_input_decodes_at_most_max_side(tmp_path):
-    Image.new("L", (6000, 4000), 255).save(tmp_path / "shirt.jpg")
+    shirt = Image.new("L", (6000, 4000), 255)
+    shirt.paste(40, (2000, 1000, 4000, 3000))
+    shirt.save(tmp_path / "shirt.jpg")
     x, notes = fashion_pixels(*load_photo(tmp_path / "shirt.jpg", mode="L", min_side=MIN_SIDE, max_side=MAX_SIDE))
     assert x.shape == (1, 28, 28) and notes[0] == f"downscaled 6000x4000 to {MAX_SIDE}x187 (decoded at 1/8 scale)"
 

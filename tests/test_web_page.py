@@ -132,6 +132,26 @@ def test_an_upload_shows_the_28x28_input_the_model_saw(page, real_fashion, tmp_p
     assert rows == shown
 
 
+def test_an_upload_without_a_garment_says_so_instead_of_a_ranking(page, tmp_path):
+    beige = np.broadcast_to(np.array([214, 196, 160], np.uint8), (120, 160, 3))
+    Image.fromarray(np.ascontiguousarray(beige)).save(tmp_path / "table.png")
+    chooser = page.find_element(By.ID, "classify-file")
+    _new_answer(page, "classify", lambda: chooser.send_keys(str(tmp_path / "table.png")))
+    said = "no garment found: nothing stands out from the background (#d6c4a0)"
+    assert _status(page, "classify") == f"table.png: {said}"
+    for hidden in ("classify-input-figure", "classify-explain", "top"):
+        assert not page.find_element(By.ID, hidden).is_displayed(), hidden
+    assert page.find_element(By.ID, "classify-preview").is_displayed()
+    saved = json.loads(_blob_text(page, "classify-download-json"))
+    assert saved["nothing_found"] == said and "top" not in saved
+    # The next garment brings the ranking back.
+    _sample(page, "classify", "Coat")
+    assert (
+        page.find_element(By.ID, "top").is_displayed()
+        and len(page.find_elements(By.CSS_SELECTOR, "#top tbody tr")) == 3
+    )
+
+
 def test_a_fashion_sample_is_classified_and_compared_with_its_label(page):
     _sample(page, "classify", "Sneaker")
     truth = page.find_element(By.ID, "classify-truth").text

@@ -162,8 +162,9 @@ def predict(
     """Predict on your own images with a run folder or a shipped model's name ("fashion", "facade").
 
     `images`: files, folders (their image files) and glob patterns such as "photos/*.jpg".
-    Classifiers: one dict per image with "file", "top" (`top` pairs of class and probability) and
-    "notes" (what was done to the image); `save_inputs` names a folder for NAME_input.png, exactly the
+    Classifiers: one dict per image with "file", "top" (`top` pairs of class and probability), "notes"
+    (what was done to the image) and "nothing_found": None, or why there is no guess (a photo in which
+    no garment stands out: "top" is empty); `save_inputs` names a folder for NAME_input.png, exactly the
     pixels the model saw ("input" in the dict). Segmenters: also write NAME_labels.png, NAME_overlay.png
     (class colours at weight `alpha` over the photo, with a legend), NAME_side_by_side.jpg and
     NAME_areas.json into `out` (default: RUN/predictions, or ./predictions for a shipped model) and return
@@ -212,7 +213,8 @@ def explain(
     probabilities; the dict (also NAME_explain.json) has "predicted", "top", "explained" and the
     attributions' numbers. Segmenters, at `max_side` px: NAME_explain.png (prediction, confidence,
     entropy) and NAME_cams.png (Grad-CAM of `class_name`, default every class); the dict has
-    "mean_confidence", "unsure_share" (pixels under 50%), "mean_entropy" (nats) and "area".
+    "mean_confidence", "unsure_share" (pixels under 50%), "mean_entropy" (nats) and "area". An image with
+    nothing to explain (no garment found) gets no figures and a dict of "file", "notes", "nothing_found".
     """
     from .data.images import image_files
     from .infer.explain import explain_files

@@ -27,3 +27,8 @@ class NotAnImageError(DataError):
 
 class CnnlabWarning(UserWarning):
     """Something the user should know that does not stop the command; the CLI prints it as one line."""
+
+
+class NothingFound(CnnlabError):
+    """A photo holds nothing the model was trained to see (no garment stands out from the background):
+    said instead of a guess. Commands that read many photos say it for that photo and go on."""

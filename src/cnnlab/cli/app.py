@@ -135,7 +135,9 @@ def explain(
     from .. import api
 
     for r in api.explain(model, images, out=out, class_name=class_name, max_side=max_side):
-        if "predicted" in r:
+        if "nothing_found" in r:
+            typer.echo(f"{r['file']}: {r['nothing_found']}; nothing to explain")
+        elif "predicted" in r:
             top = ", ".join(f"{c} {p:.1%}" for c, p in r["top"][:3])
             typer.echo(f"{r['file']}: {top} -> {r['figure']}")
         else:

@@ -182,7 +182,7 @@ def _classify_predict(sub: typer.Typer, task: str) -> None:
         results = api.predict(run, images, top=top, save_inputs=save_inputs, progress=progress)
         for r in results:
             if not as_json:
-                guesses = ", ".join(f"{c} {p:.1%}" for c, p in r["top"])
+                guesses = r["nothing_found"] or ", ".join(f"{c} {p:.1%}" for c, p in r["top"])
                 typer.echo(f"{r['file']}: {guesses}" + (f" (input: {r['input']})" if "input" in r else ""))
             _notes(r, as_json)
         if as_json:

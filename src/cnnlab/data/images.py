@@ -22,6 +22,7 @@ MAX_PIXELS = 40_000_000  # a 40-megapixel photo; far larger declared sizes are d
 MAX_ASPECT = 50
 
 _SIXTEEN_BIT_GREY = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+_GREY = ("1", "L", "LA", "La", "F", *_SIXTEEN_BIT_GREY)  # modes that mode="any" decodes as "L"
 _SOURCE_NAMES = {"1": "1-bit black/white", "L": "greyscale", "P": "palette", "LA": "greyscale+alpha"}
 _EXIF_ORIENTATION = 0x0112
 _TRANSPOSE = {
@@ -82,7 +83,8 @@ def load_photo(
     formats: tuple[str, ...] = FORMATS,
     max_side: int | None = None,
 ) -> tuple[Tensor, list[str]]:
-    """Read an image file as uint8 (C, H, W), C = 3 for mode "RGB" or 1 for "L".
+    """Read an image file as uint8 (C, H, W), C = 3 for mode "RGB" or 1 for "L"; mode "any" keeps a grey
+    file grey (C = 1) and reads any other in colour (C = 3).
 
     Returns the pixels and human notes on what was done to them (EXIF rotation, mode conversion,
     downscaling). Any problem with the file raises DataError. See `read_photo` for the parameters.
@@ -118,8 +120,8 @@ def read_photo(
     Images over `max_pixels`, under `min_side` or longer than MAX_ASPECT:1 raise DataError before
     any pixel is decoded; any other problem raises DataError too.
     """
-    if mode not in ("RGB", "L"):
-        raise ValueError(f"mode must be 'RGB' or 'L', not {mode!r}")
+    if mode not in ("RGB", "L", "any"):
+        raise ValueError(f"mode must be 'RGB', 'L' or 'any', not {mode!r}")
     try:
         # Our own pixel limit is checked from the header, so PIL's softer warning is noise here;
         # its hard DecompressionBombError (over twice its own limit) still stops a bomb at open().
@@ -143,7 +145,7 @@ def read_photo(
     pixels = np.array(im)
     # numpy makes the channels-first copy: torch's threaded copy of one small image is ~80x slower
     # when another process keeps the cores busy (8 ms against 0.1 ms on a shared 2-core machine).
-    pixels = pixels[None] if mode == "L" else np.ascontiguousarray(pixels.transpose(2, 0, 1))
+    pixels = pixels[None] if im.mode == "L" else np.ascontiguousarray(pixels.transpose(2, 0, 1))
     return torch.from_numpy(pixels), notes
 
 
@@ -166,6 +168,8 @@ def _decode(
 ) -> tuple[Image.Image, list[str]]:
     """The opened `im` decoded, shrunk, upright and in `mode`, with notes on what was done."""
     _check_header(im, name, max_pixels, min_side)
+    if mode == "any":
+        mode = "L" if im.mode in _GREY else "RGB"
     notes = [f"used the first of {im.n_frames} frames"] if getattr(im, "n_frames", 1) > 1 else []
     width, height = im.size
     target = _fit(width, height, max_side)

@@ -13,7 +13,7 @@ from PIL import Image
 
 from .. import attribution
 from ..config import RunConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, NothingFound
 from ..outputs import atomic_write, check_dir, progress_over
 from ..tasks import Task
 from . import photos
@@ -30,7 +30,8 @@ EXPLAIN_SIDES = None  # a classifier's input has its own size: explain takes no 
 def predict_files(
     run_dir: Path, model: torch.nn.Module, cfg: RunConfig, task: Task, paths: list[Path], opts: Options
 ) -> list[dict[str, Any]]:
-    """The `opts.top` classes of each image, and NAME_input.png in `opts.save_inputs` if given."""
+    """The `opts.top` classes of each image, and NAME_input.png in `opts.save_inputs` if given; for an
+    image in which the task finds nothing to classify, no classes and "nothing_found" saying why."""
     if opts.out is not None:
         raise ConfigError(f"out {opts.out}: {cfg.task} predictions write no files; drop the out argument")
     if opts.max_side is not None or opts.tta:
@@ -38,8 +39,13 @@ def predict_files(
     folder = check_dir(opts.save_inputs, "--save-inputs") if opts.save_inputs is not None else None
     results = []
     for path, stem, img, notes in progress_over(photos(task, paths), "classifying", opts.progress, len(paths)):
-        x, more = task.photo_input(img)
-        result = {"file": str(path), "notes": notes + more, "top": classify(model, task, x, opts.top)}
+        try:
+            x, more = task.photo_input(img)
+        except NothingFound as e:
+            results.append({"file": str(path), "notes": notes, "top": [], "nothing_found": str(e)})
+            continue
+        top = classify(model, task, x, opts.top)
+        result = {"file": str(path), "notes": notes + more, "top": top, "nothing_found": None}
         if folder is not None:
             target = folder / f"{stem}_input.png"
             atomic_write(target, partial(_save_png, x))

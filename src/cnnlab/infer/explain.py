@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..engine.checkpoint import load_model
-from ..errors import ConfigError
+from ..errors import ConfigError, NothingFound
 from ..outputs import check_dir, suffix_slug, write_json
 from ..sizes import MAX_WORK_SIDE
 from ..tasks import Task, get_task
@@ -32,7 +32,9 @@ def explain_files(
     """Write NAME_explain.png and NAME_explain.json per image into `out` (segmentation: also NAME_cams.png)
     and return the numbers. `class_name`: the class to explain besides the prediction (classification)
     or the only class whose activation map is drawn (segmentation; default: every class); its files are
-    NAME_<class>_explain.png and so on, beside the plain explanation's, not over them."""
+    NAME_<class>_explain.png and so on, beside the plain explanation's, not over them. An image in which
+    the task finds nothing to explain (a classifier's photo with no garment) gets no files and
+    "nothing_found" saying why."""
     model, cfg = load_model(run_dir)
     model.float().eval()
     task = get_task(cfg)
@@ -46,7 +48,11 @@ def explain_files(
     tag = f"_{suffix_slug(class_name)}" if class_name is not None else ""
     for path, stem, img, notes in photos(task, paths):
         stem += tag
-        info = kind.explain_photo(model, task, img, notes, target, out, stem, max_side)
+        try:
+            info = kind.explain_photo(model, task, img, notes, target, out, stem, max_side)
+        except NothingFound as e:
+            results.append({"file": str(path), "notes": notes, "nothing_found": str(e)})
+            continue
         info = {"file": str(path), "notes": notes, **info}
         write_json(out / f"{stem}_explain.json", info)
         results.append(info)

@@ -14,6 +14,7 @@ from PIL import Image
 
 from ..attribution import grad_cam
 from ..data.images import shrink
+from ..errors import NothingFound
 from ..infer.classify import classify
 from ..infer.segment import label_png, segment_photo
 from ..plots.overlays import heat_overlay
@@ -63,10 +64,14 @@ def _confidence_map(confidence: torch.Tensor) -> Image.Image:
 
 
 def classified(held: Served, decode: Decode) -> ClassifyResult:
-    """The top classes of an upload, decoded and prepared as the slot's task prepares any user's photo."""
+    """The top classes of an upload, decoded and prepared as the slot's task prepares any user's photo;
+    no classes, and why, when it holds nothing to classify."""
     task = held.task
     img, notes = decode(task.photo_mode, *task.photo_sides)
-    x, more = task.photo_input(img)
+    try:
+        x, more = task.photo_input(img)
+    except NothingFound as e:
+        return ClassifyResult(top=[], notes=notes, nothing_found=str(e), cam_png=None, input_png=None)
     with held.lock:
         top = classify(held.model, task, x, top=TOP)
         # Gradients need a tensor made outside inference mode (the gate runs requests inside it).

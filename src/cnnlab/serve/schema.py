@@ -20,15 +20,22 @@ class Guess(BaseModel):
 
 
 class ClassifyResult(BaseModel):
-    top: list[Guess] = Field(description=f"The {TOP} most likely classes (all, if fewer), most likely first.")
-    notes: list[str] = Field(description="What was done to the image to make it like the model's training images.")
-    cam_png: str = Field(
-        description="data: URI, the image as the model saw it with the Grad-CAM of the top class over it (red: the "
-        "parts that speak most for that class), at least 224 px"
+    top: list[Guess] = Field(
+        description=f"The {TOP} most likely classes (all, if fewer), most likely first; empty when nothing_found."
     )
-    input_png: str = Field(
+    notes: list[str] = Field(description="What was done to the image to make it like the model's training images.")
+    nothing_found: str | None = Field(
+        None,
+        description="Why there is no guess, when the image holds nothing the model was trained to see (a photo "
+        "in which no garment stands out from the background); null otherwise.",
+    )
+    cam_png: str | None = Field(
+        description="data: URI, the image as the model saw it with the Grad-CAM of the top class over it (red: the "
+        "parts that speak most for that class), at least 224 px; null when nothing_found"
+    )
+    input_png: str | None = Field(
         description="data: URI, the model's input itself at its own size (28x28 grey for Fashion-MNIST): the "
-        "upload after the preparation `notes` lists"
+        "upload after the preparation `notes` lists; null when nothing_found"
     )
 
 

@@ -94,7 +94,8 @@ class Task:
 
     @property
     def photo_mode(self) -> str:
-        """How a user's photo is decoded for this model: "L" grey or "RGB"."""
+        """How a user's photo is decoded for this model: "L" grey, "RGB", or "any" (a grey file grey, any
+        other in colour)."""
         return "L" if self.channels == 1 else "RGB"
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:

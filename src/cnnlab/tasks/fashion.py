@@ -19,7 +19,8 @@ MAX_SIDE = 280
 
 
 def fashion_pixels(img: torch.Tensor, notes: list[str]) -> tuple[torch.Tensor, list[str]]:
-    """A user's decoded uint8 (1,H,W) grey photo -> (1,28,28) like Fashion-MNIST; adds to `notes` what it did.
+    """A user's decoded uint8 (1,H,W) grey or (3,H,W) colour photo -> (1,28,28) like Fashion-MNIST; adds to
+    `notes` what it did. Raises NothingFound when no garment stands out from the background.
 
     An image over MAX_SIDE px on a side is shrunk first, so the work stays small whatever the caller
     decoded (`read_photo(..., max_side=MAX_SIDE)` spares the memory of decoding it at full size).
@@ -55,7 +56,10 @@ class FashionTask(ClassifyTask):
         )
 
     photo_sides = (MIN_SIDE, MAX_SIDE)
+    # Colour photos are decoded in colour although the model sees grey: a garment is found by its colour too.
+    photo_mode = "any"
 
     def photo_input(self, img: torch.Tensor) -> tuple[torch.Tensor, list[str]]:
-        """Any grey photo of one garment -> 28x28 like Fashion-MNIST: cropped to it, centred, light on black."""
+        """Any grey or colour photo of one garment -> 28x28 grey like Fashion-MNIST: cropped to it, centred,
+        light on black. Raises NothingFound when no garment stands out from the background."""
         return fashion_pixels(img, [])

@@ -132,6 +132,17 @@ function loaded(img, src) {
 async function showClassified(data, file, sample) {
   URL.revokeObjectURL(shown.classify.upload);
   shown.classify = { upload: URL.createObjectURL(file), input: data.input_png, cam: data.cam_png };
+  // Nothing the model could classify: the upload and why, never a ranking of guesses.
+  for (const id of ["classify-input-figure", "classify-explain", "classify-explain-help", "top"]) {
+    $(id).hidden = Boolean(data.nothing_found);
+  }
+  if (data.nothing_found) {
+    $("classify-truth").hidden = true;
+    await loaded($("classify-preview"), shown.classify.upload);
+    jsonLink($("classify-download-json"), "classify", file, { nothing_found: data.nothing_found, notes: data.notes });
+    say("classify", `${file.name}: ${data.nothing_found}`);
+    return;
+  }
   await Promise.all([loaded($("classify-preview"), shown.classify.upload), showInput()]);
   const size = `${$("classify-input").naturalWidth}×${$("classify-input").naturalHeight}`;
   $("classify-input-caption").textContent = `What the model saw: ${size} px`;
