@@ -34,6 +34,7 @@ SHORTCUTS = {
     "seed": ("train.seed", "--seed"),
     "data_dir": ("data.dir", "--data-dir"),
     "limit": ("data.limit", "--limit"),
+    "report": ("explain.report", "--report"),
 }
 
 
@@ -93,7 +94,8 @@ def train(
 
     task: "fashion" or "facade"; recipe: a recipe name (see `recipes/TASK/`) or a YAML file;
     overrides: `section.key=value` strings as `--set` takes them; shortcuts: epochs, batch_size, lr,
-    seed, data_dir, limit. The run folder is `out`, default runs/<task>-<recipe>-<time>.
+    seed, data_dir, limit, report ("full", "summary" or "none": see `explain.report`). The run folder is
+    `out`, default runs/<task>-<recipe>-<time>.
     """
     cfg = resolve_config(task, recipe, overrides, **shortcuts)
     return train_config(cfg, Path(out) if out else None, progress=progress)
@@ -101,11 +103,12 @@ def train(
 
 def train_config(cfg: RunConfig | None, run_dir: Path | None = None, **options: Any) -> Run:
     """`engine.trainer.train` (same arguments), then the run's report.html from what it wrote: a partial report
-    for a stopped run. The loop itself writes figures and evaluations only."""
+    for a stopped run, none where the config says `explain.report: none`. The loop itself writes figures
+    and evaluations only."""
     from .engine import trainer
 
     result = trainer.train(cfg, run_dir, **options)
-    if result.finished:
+    if result.finished and runs.load_run_config(result.run_dir).explain.report != "none":
         from .report.run_page import write_report
 
         console.print(f"report: {write_report(result.run_dir, partial=not result.completed)}")
@@ -118,13 +121,16 @@ def evaluate(
     which: str = "best",
     data_dir: str | Path | None = None,
     external: str | Path | None = None,
+    report: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate a run's `which` ("best" or "last") checkpoint on `split` ("test" or "val").
 
     Writes eval_<split>.json and that split's figures into the run, refreshes its report.html and returns
     the metrics: "acc" (and "per_class_acc") for Fashion-MNIST; "map", "miou", "ap", "iou", "acc" for
     facades; "n" images. `data_dir` is where the run's data set is now, if it moved; `external` is another
-    labelled facade folder to evaluate on instead. Prints nothing.
+    labelled facade folder to evaluate on instead. `report` ("full", "summary", "none") draws this split's
+    figures at another level than the run's `explain.report`: "full" adds a summary run's explanations
+    and PDF copies. Prints nothing.
     """
     from .report.run_page import write_report
     from .zoo import is_shipped_name
@@ -142,8 +148,10 @@ def evaluate(
         which=which,
         data_dir=data_dir,
         external=Path(external) if external is not None else None,
+        report=report,
     )
-    write_report(Path(run_dir))
+    if (report or runs.load_run_config(Path(run_dir)).explain.report) != "none":
+        write_report(Path(run_dir))
     return metrics
 
 

@@ -139,8 +139,18 @@ class TrainConfig(_Strict):
     )
 
 
+REPORTS = ("full", "summary", "none")
+
+
 class ExplainConfig(_Strict):
-    figures: bool = Field(True, description="the report explains the model: class maps, feature maps, calibration")
+    report: Literal["full", "summary", "none"] = Field(
+        "full",
+        description="full: every figure, with a PDF copy, and the explanations; summary: the curves and each "
+        "split's figures as PNG, no explanations (a quick run's report at a fraction of its training); none: "
+        "metrics and checkpoints only, no figures or report.html (search trials); `evaluate --report full` "
+        "draws the rest later",
+    )
+    figures: bool = Field(True, description="a full report explains the model: class maps, feature maps, calibration")
     embedding: Literal["pca", "tsne", "none"] = Field(
         "pca", description="classification: 2-D map of the penultimate features (tsne: clearer, ~20 s more)"
     )

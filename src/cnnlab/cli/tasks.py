@@ -40,6 +40,12 @@ def _train(sub: typer.Typer, task: str) -> None:
         lr: float | None = typer.Option(None, help="Shortcut for --set optim.lr=X."),
         seed: int | None = typer.Option(None, help="Shortcut for --set train.seed=N."),
         limit: int | None = typer.Option(None, help="Use only N training images (quick tries)."),
+        report: Literal["full", "summary", "none"] | None = typer.Option(
+            None,
+            help="Shortcut for --set explain.report=X. full: every figure, with PDF copies, and the explanations; "
+            "summary: curves and the splits' figures, no explanations (quicker); none: no figures or report.html. "
+            "Default: the recipe's (full, but summary for the quick fashion recipe fast).",
+        ),
         data_dir: str | None = typer.Option(None, "--data", "--data-dir", metavar="DIR", help=TASKS[task].data_help),
         out: Path | None = typer.Option(None, metavar="DIR", help="Run folder (default: runs/<task>-<recipe>-<time>)."),
         resume: Path | None = typer.Option(
@@ -66,7 +72,7 @@ def _train(sub: typer.Typer, task: str) -> None:
 
         if resume is not None:
             fixed = {"--recipe": recipe, "--set": set_, "--batch-size": batch_size, "--lr": lr, "--seed": seed}
-            fixed |= {"--limit": limit, "--out": out, "--tensorboard": tensorboard}
+            fixed |= {"--limit": limit, "--out": out, "--tensorboard": tensorboard, "--report": report}
             if given := [name for name, value in fixed.items() if value]:
                 raise CnnlabError(
                     f"{given[0]} with --resume: a resumed run keeps its settings (only --epochs and --data-dir may "
@@ -87,6 +93,7 @@ def _train(sub: typer.Typer, task: str) -> None:
                 seed=seed,
                 limit=limit,
                 data_dir=data_dir,
+                report=report,
             )
             res = api.train_config(cfg, out, device=device, progress=progress, max_steps=max_steps)
         if res.interrupted:
@@ -109,6 +116,11 @@ def _evaluate(sub: typer.Typer, task: str) -> None:
             hidden=not TASKS[task].external_eval,
             help="Evaluate on another labelled folder instead (laid out like the run's data).",
         ),
+        report: Literal["full", "summary", "none"] | None = typer.Option(
+            None,
+            help="Draw the split's figures at this level instead of the run's (full adds the explanations a summary "
+            "run left out).",
+        ),
     ) -> None:
         """Evaluate a run's checkpoint: prints the per-class table, writes eval_<split>.json and the split's
         figures into the run, and refreshes its report.html."""
@@ -116,12 +128,14 @@ def _evaluate(sub: typer.Typer, task: str) -> None:
 
         from .. import api
 
-        m = api.evaluate(run, split=split, which=checkpoint, data_dir=data_dir, external=data)
+        m = api.evaluate(run, split=split, which=checkpoint, data_dir=data_dir, external=data, report=report)
         console = Console(highlight=False, soft_wrap=True)
         console.print(_per_class_table(run, m, checkpoint))
         figures = sorted(p.name for p in (run / "figures").glob(f"*_{m['split']}.png"))
-        console.print(f"figures: {run / 'figures'} ({', '.join(figures)})")
-        console.print(f"report: {run / 'report.html'}")
+        if figures:
+            console.print(f"figures: {run / 'figures'} ({', '.join(figures)})")
+        if (run / "report.html").is_file():
+            console.print(f"report: {run / 'report.html'}")
 
 
 def _per_class_table(run: Path, m: dict, checkpoint: str):

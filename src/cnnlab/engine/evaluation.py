@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from ..config import RunConfig
+from ..config import REPORTS, RunConfig
 from ..errors import CheckpointError, ConfigError, DataError
 from ..outputs import write_json
 from ..runs import eval_path
@@ -79,15 +79,20 @@ def evaluate(
     data: dict[str, Batchable] | None = None,
     data_dir: str | None = None,
     external: Path | None = None,
+    report: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate a run's checkpoint on one split, write `eval_<split>.json` and that split's figures.
 
     `data_dir` points the run's own data elsewhere; `external` evaluates on a whole other labelled
-    folder instead (split name "external"). Prints nothing: `task.summary_line` formats the result.
+    folder instead (split name "external"). `report` ("full", "summary", "none") overrides the run's
+    `explain.report` for these figures: a summary run gets its explanations later with "full". Prints
+    nothing: `task.summary_line` formats the result.
     """
     run_dir = Path(run_dir)
     if split not in ("test", "val"):
         raise ConfigError(f"split {split!r}: choose test or val")
+    if report not in (None, *REPORTS):
+        raise ConfigError(f"report {report!r}: choose one of {', '.join(REPORTS)}")
     model, cfg = load_model(run_dir, which, device)
     task = get_task(cfg)
     rt = make_runtime(cfg, device)
@@ -95,6 +100,8 @@ def evaluate(
         model = model.to(memory_format=torch.channels_last)
     if data_dir is not None:
         cfg.data.dir = str(data_dir)
+    if report is not None:
+        cfg.explain.report = report
     if external is not None:
         data, split = {"external": task.load_external(Path(external))}, "external"
     elif data is None:
@@ -109,9 +116,12 @@ def evaluate(
         raise DataError(f"{external or f'{run_dir} ({split} split)'}: {e}") from None
     out = {"split": split, "checkpoint": which, "n": len(data[split]), **metrics}
     write_json(eval_path(run_dir, split), out)
+    if cfg.explain.report == "none":
+        return out
     task.report_split(run_dir, split, data[split], probs, metrics, model, cfg)
     # Explanations once per evaluation of a model: on the test (or an external) split, on validation only
     # where there is no test split, so a finished run is explained once.
-    if cfg.explain.figures and (split != "val" or not len(data.get("test", []))):
+    full = cfg.explain.report == "full" and cfg.explain.figures
+    if full and (split != "val" or not len(data.get("test", []))):
         task.report_explanations(run_dir, split, data[split], probs, model, cfg)
     return out

@@ -298,7 +298,7 @@ class Trainer:
         if self.log:
             self.log.offset()  # flush, so the figures see every row
         history = read_history(self.run_dir)
-        if any(r["kind"] == "epoch" for r in history):
+        if self.cfg.explain.report != "none" and any(r["kind"] == "epoch" for r in history):
             self.task.report_training(self.run_dir, history, self.net, self.cfg)
         if not partial:
             evaluate(self.run_dir, split="val", device=str(self.rt.device), data=self.data)

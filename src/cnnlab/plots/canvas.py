@@ -32,10 +32,10 @@ _FIGURE_OPTIONS = ("figsize", "layout", "dpi")
 
 
 @contextlib.contextmanager
-def pdf_copies() -> Iterator[None]:
-    """Figures saved inside this block also get a PDF copy (NAME.pdf): the report links them for
-    download. Other figures (`cnnlab explain`'s) stay PNG and JSON."""
-    token = _PDF_COPIES.set(True)
+def pdf_copies(enabled: bool = True) -> Iterator[None]:
+    """Figures saved inside this block also get a PDF copy (NAME.pdf) if `enabled`: the report links them
+    for download. Other figures (`cnnlab explain`'s, a summary report's) stay PNG and JSON."""
+    token = _PDF_COPIES.set(enabled)
     try:
         yield
     finally:

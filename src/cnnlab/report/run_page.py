@@ -147,6 +147,15 @@ def _partial_banner(run_dir: Path, cfg, history: list[dict]) -> str:
     )
 
 
+def _summary_banner(run_dir: Path, cfg: RunConfig) -> str:
+    return (
+        '<div class="banner" id="summary-banner"><b>Summary report</b> (<code>explain.report: summary</code>, '
+        "as quick recipes keep it): the explanations and the PDF copies are left out, so the report costs a "
+        "fraction of the training. Draw them with "
+        f"<code>cnnlab {escape(cfg.task)} evaluate {escape(str(run_dir))} --report full</code>.</div>"
+    )
+
+
 def _activation(cfg: RunConfig) -> str | None:
     """The activation the run's model uses (the config's, else the model's default); None for a model
     without that setting, or one this version does not know."""
@@ -260,6 +269,8 @@ def write_report(run_dir: Path, *, partial: bool = False) -> Path:
     activation = _activation(cfg)
     activation = f" ({escape(activation)})" if activation else ""
     banner = _partial_banner(run_dir, cfg, history) if partial or len(epochs) < cfg.train.epochs else ""
+    if cfg.explain.report != "full" and "explain" not in groups and evals:
+        banner += _summary_banner(run_dir, cfg)
     header = (
         f'<header><h1><span class="muted">{escape(cfg.task)} run</span> {escape(run_dir.resolve().name)}</h1>'
         f'<p class="sub">recipe {escape(cfg.recipe)}, model {escape(cfg.model.name)}{activation}, '

@@ -65,7 +65,7 @@ class ClassifyTask(Task):
         epochs = [r for r in history if r["kind"] == "epoch"]
         conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
         o, c, k, _ = conv.weight.shape
-        with canvas.pdf_copies():
+        with canvas.pdf_copies(cfg.explain.report == "full"):
             figures.plot_curves(history, out / "curves")
             figures.plot_learning_rate(history, out / "learning_rate", cfg.optim.schedule)
             figures.plot_per_class_over_epochs(
@@ -86,7 +86,7 @@ class ClassifyTask(Task):
         y = data.targets
         cm = confusion_matrix(pred, y, len(self.classes))
         columns = {s: e["per_class_acc"] for s in ("val", "test") if (e := read_eval(run_dir, s)) is not None}
-        with canvas.pdf_copies():
+        with canvas.pdf_copies(cfg.explain.report == "full"):
             figures.plot_confusion(cm, self.classes, out / f"confusion_{split}", f"{split} confusion matrix")
             figures.plot_examples(data.x, y, pred, conf, self.classes, out / f"examples_{split}")
             figures.plot_per_class_table(columns, self.classes, out / "per_class_accuracy", "Per-class accuracy")
@@ -95,5 +95,5 @@ class ClassifyTask(Task):
         from ..plots import canvas
         from .explanations import classify_explanations
 
-        with canvas.pdf_copies():
+        with canvas.pdf_copies(cfg.explain.report == "full"):
             classify_explanations(self, run_dir, split, data, probs, model, cfg)

@@ -179,7 +179,7 @@ class SegmentTask(Task):
         from ..plots import canvas, figures
 
         out = run_dir / "figures"
-        with canvas.pdf_copies():
+        with canvas.pdf_copies(cfg.explain.report == "full"):
             figures.plot_curves(history, out / "curves", metric="map", metric_label="mean AP")
             figures.plot_learning_rate(history, out / "learning_rate", cfg.optim.schedule)
             epochs = [r for r in history if r["kind"] == "epoch"]
@@ -202,7 +202,7 @@ class SegmentTask(Task):
         cm = confusion_matrix(pred[keep], y[keep], len(self.classes))
         scores = per_image_iou(pred, y, len(self.classes), self.ignore_index)
         groups = case_groups(cfg.data.group_key, data.names)
-        with canvas.pdf_copies():
+        with canvas.pdf_copies(cfg.explain.report == "full"):
             figures.plot_confusion(cm, self.classes, out / f"confusion_{split}", f"{split} pixel confusion")
             figures.plot_per_class_table(
                 {"AP": metrics["ap"], "IoU": metrics["iou"]},
@@ -240,5 +240,5 @@ class SegmentTask(Task):
 
         scores = per_image_iou(probs.argmax(1), data.targets, len(self.classes), self.ignore_index)
         cases = self.cases(scores, case_groups(cfg.data.group_key, data.names))
-        with canvas.pdf_copies():
+        with canvas.pdf_copies(cfg.explain.report == "full"):
             segment_explanations(self, run_dir, split, data, probs, model, cases, scores.tolist())
