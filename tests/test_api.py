@@ -11,10 +11,11 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import synthetic_fashion
+from conftest import run_cli, synthetic_fashion
 from PIL import Image
 
 import cnnlab
+from cnnlab.catalog import TASKS
 
 
 def test_no_public_name_is_shadowed_by_a_submodule():
@@ -92,3 +93,26 @@ def test_api_shortcuts_are_typed_values(tiny_fashion, tmp_path, monkeypatch):
         resolve_config("fashion", "seed-a", epochs=0)
     with pytest.raises(ConfigError, match=r"unknown option 'epoch'"):
         resolve_config("fashion", "seed-a", epoch=3)
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_the_api_and_the_cli_resolve_one_config_when_no_recipe_is_given(task, tmp_path, monkeypatch, capsys):
+    """Issue 30: `cnnlab.train(task, data_dir=...)` trained seed-a with Adam for every task, whatever the CLI's
+    default; both now resolve the task's default recipe, to the same config."""
+    import cnnlab
+    from cnnlab import api
+
+    seen = []
+
+    def capture(cfg, run_dir=None, **options):
+        seen.append(cfg)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(api, "train_config", capture)
+    data = [] if TASKS[task].builtin else ["--data", str(tmp_path)]
+    code, _, err = run_cli(monkeypatch, capsys, task, "train", *data, "--epochs", "2")
+    assert code == 0, err
+    with pytest.raises(SystemExit):
+        cnnlab.train(task, epochs=2, data_dir=None if TASKS[task].builtin else str(tmp_path))
+    cli, python = seen
+    assert cli == python and cli.recipe == TASKS[task].default_recipe

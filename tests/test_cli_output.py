@@ -156,7 +156,9 @@ def test_evaluate_prints_the_per_class_table_and_refreshes_the_report(tiny_fashi
     m = json.loads((run / "eval_test.json").read_text())
     for name, acc in zip(get_task(cfg).classes, m["per_class_acc"], strict=True):
         assert re.search(rf"^\s*{re.escape(name)}\s+{acc:.2%}\s*$", out, re.M), out
-    assert re.search(rf"^\s*mean\s+{m['acc']:.2%}\s*$", out, re.M)
+    # The last row says what it is, as the report's table does: all images' accuracy, not a mean of classes.
+    assert re.search(rf"^\s*overall accuracy\s+{m['acc']:.2%}\s*$", out, re.M)
+    assert "last row: the overall accuracy" in (run / "report.html").read_text()
     assert f"figures: {run / 'figures'} (confusion_test.png, examples_test.png" in out
     assert f"report: {run / 'report.html'}" in out and (run / "report.html").is_file()
 

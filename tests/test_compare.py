@@ -116,7 +116,7 @@ def test_difference_chart_numbers_are_each_run_minus_the_best(fashion_page):
     table = _table(page, "per-class-per_class_acc")  # the per-class table stays, one column per run
     assert table[0][1] == ["class", "a", "bbest", "c"]
     assert table[7][1] == ["Shirt", "60.00%", "80.00%", "n/a"]
-    assert table[-1][1] == ["overall", "66.50%", "70.00%", "n/a"]
+    assert table[-1][1] == ["overall accuracy", "66.50%", "70.00%", "n/a"]
 
 
 def test_curve_json_holds_each_runs_training_and_validation_series(fashion_page, fashion_runs):

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from . import runs
-from .config import Override, RunConfig, load_config
+from .config import DEFAULT_RECIPES, Override, RunConfig, load_config
 from .engine.state import TrainResult, console
 from .errors import ConfigError
 from .outputs import atomic_write, check_dir
@@ -75,8 +75,10 @@ class Run(TrainResult):
 
 
 def resolve_config(task: str, recipe: str | None, overrides: Sequence[str] = (), **shortcuts: Any) -> RunConfig:
-    """Recipe + `section.key=value` overrides + keyword shortcuts (epochs, batch_size, lr, seed,
-    data_dir, limit), validated; the shortcuts win over the overrides."""
+    """Recipe (None: the task's default, as `cnnlab TASK train` takes it) + `section.key=value` overrides +
+    keyword shortcuts (epochs, batch_size, lr, seed, data_dir, limit, report), validated; the shortcuts
+    win over the overrides."""
+    recipe = recipe if recipe is not None else DEFAULT_RECIPES.get(task)
     return load_config(task, recipe, [*overrides, *shortcut_overrides(**shortcuts)])
 
 
@@ -92,7 +94,9 @@ def train(
     """Train a model as `cnnlab TASK train` does and return the run (`.run_dir`, `.best`, `.history`; in a
     notebook it shows its summary and key figures, `.figure(name)` any of its figures).
 
-    task: "fashion" or "facade"; recipe: a recipe name (see `recipes/TASK/`) or a YAML file;
+    task: "fashion" or "facade" (built-in data), "classify" or "segment" (your folder: `data_dir`);
+    recipe: a recipe name (see `recipes/TASK/`) or a YAML file, default the task's as on the CLI
+    (`cnnlab TASK train --help` names it);
     overrides: `section.key=value` strings as `--set` takes them; shortcuts: epochs, batch_size, lr,
     seed, data_dir, limit, report ("full", "summary" or "none": see `explain.report`). The run folder is
     `out`, default runs/<task>-<recipe>-<time>.

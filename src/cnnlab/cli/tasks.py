@@ -139,7 +139,8 @@ def _evaluate(sub: typer.Typer, task: str) -> None:
 
 
 def _per_class_table(run: Path, m: dict, checkpoint: str):
-    """The split's per-class metrics as a rich Table, the means as its last row and the summary as its title."""
+    """The split's per-class metrics as a rich Table, the task's totals as its last row (as in the report) and
+    the summary as its title."""
     from rich.table import Table
 
     from ..runs import load_run_config
@@ -152,7 +153,7 @@ def _per_class_table(run: Path, m: dict, checkpoint: str):
     for c, name in enumerate(task.classes):
         table.add_row(name, *(fmt.format(m[key][c]) for key, _, _ in task.per_class))
     table.add_section()
-    table.add_row("mean", *(fmt.format(m[mean]) for _, _, mean in task.per_class))
+    table.add_row(task.total_row, *(fmt.format(m[mean]) for _, _, mean in task.per_class))
     return table
 
 

@@ -229,7 +229,7 @@ def _per_class_compare(labels: list[str], tests: list, classes: tuple[str, ...],
         out += (
             f'<h3>Test {escape(name)} per class</h3><div class="scroll"><table id="per-class-{key}"><thead><tr>'
             f"<th>class</th>{heads}</tr></thead><tbody>{body}</tbody><tfoot><tr>"
-            f"<td>{'overall' if view.percent else 'mean'}</td>{foot}</tr></tfoot></table></div>"
+            f"<td>{view.total_row}</td>{foot}</tr></tfoot></table></div>"
         )
     return out
 

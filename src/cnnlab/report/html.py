@@ -38,13 +38,14 @@ class _View:
     label: str
     per_class: tuple[tuple[str, str, str], ...]  # (per-class key, column label, key of its mean)
     percent: bool  # accuracies read better as percentages, AP and IoU as fractions
+    total_row: str  # the per-class tables' last row
     colors: tuple[str, ...] | None = None
 
 
 def view_of(task: Task) -> _View:
     """What the pages show of a task; the colours only for segmentation, whose classes have them."""
     colors = tuple(task.colors) if task.colour_legend else None
-    return _View(task.primary, task.primary_label, task.per_class, task.percent, colors)
+    return _View(task.primary, task.primary_label, task.per_class, task.percent, task.total_row, colors)
 
 
 # One stylesheet for every page and its print layout; the run report adds the styles of its own parts.

@@ -83,7 +83,7 @@ def _per_class_table(evals: dict[str, dict[str, Any]], classes: tuple[str, ...],
         + "</tr>"
         for c, name in enumerate(classes)
     )
-    foot_label = "overall accuracy" if view.percent else "mean over classes"
+    foot_label = view.total_row
     foot = "".join(_num_td(evals[s].get(mean), view.percent) for s, _, _, mean in cols)
     metrics = " and ".join(label for _, label, _ in view.per_class)
     sets = " and ".join(SPLITS.get(s, s) for s in evals) + (" sets" if len(evals) > 1 else " set")

@@ -51,6 +51,7 @@ class Task:
     headline: dict[str, tuple[str, str]]  # metric key -> (label, format): the summary cards and tables
     per_class: tuple[tuple[str, str, str], ...]  # (per-class key, column label, key of its mean)
     percent: bool  # accuracies read better as percentages, AP and IoU as fractions
+    total_row: str  # what the per-class tables' last row holds: "overall accuracy", "mean over classes"
     colour_legend = False  # pages show each class beside its colour (segmentation: its label maps' colours)
     photo_sides: tuple[int, int]  # smallest and largest side (px) a user's photo is decoded at
     samples_in_data = False  # the web page offers test photos of its data set (else shipped samples, if any)

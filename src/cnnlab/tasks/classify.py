@@ -23,6 +23,8 @@ class ClassifyTask(Task):
     headline: ClassVar = {"acc": ("accuracy", "{:.2%}")}
     per_class = (("per_class_acc", "accuracy", "acc"),)
     percent = True
+    # All images' accuracy, not the mean of the classes': on unbalanced folders the two differ.
+    total_row = "overall accuracy"
 
     def train_inputs(self, x, y, cfg, gen, epoch):
         a = cfg.augment

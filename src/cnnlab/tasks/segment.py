@@ -94,6 +94,7 @@ class SegmentTask(Task):
     headline: ClassVar = {"map": ("mAP", "{:.3f}"), "miou": ("mIoU", "{:.3f}")}
     per_class = (("ap", "AP", "map"), ("iou", "IoU", "miou"))
     percent = False
+    total_row = "mean over classes"
     colour_legend = True
     # A photo smaller than a window of the training crops is refused; a larger one is decoded at MAX_SIDE.
     photo_sides = (MIN_SIDE, MAX_SIDE)
