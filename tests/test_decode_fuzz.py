@@ -39,14 +39,14 @@ import torch
 torch.set_num_threads(1)  # one thread: no per-thread malloc arenas in the address space
 from PIL import Image
 from cnnlab.data.images import FORMATS, read_photo
-from cnnlab.errors import DataError
-from cnnlab.tasks.fashion import MAX_SIDE, MIN_SIDE, fashion_pixels
+from cnnlab.errors import DataError, NothingFound
+from cnnlab.tasks.fashion import MAX_SIDE, MIN_SIDE, FashionTask, fashion_pixels
 from cnnlab.sizes import MIN_SIDE as FACADE_MIN_SIDE
 
 bound, facade_max_side = int(sys.argv[1]), int(sys.argv[2])
 PATHS = {
     "fashion": lambda data, name: fashion_pixels(
-        *read_photo(io.BytesIO(data), name, mode="L", min_side=MIN_SIDE, max_side=MAX_SIDE)
+        *read_photo(io.BytesIO(data), name, mode=FashionTask.photo_mode, min_side=MIN_SIDE, max_side=MAX_SIDE)
     )[0],
     "facade": lambda data, name: read_photo(
         io.BytesIO(data), name, mode="RGB", min_side=FACADE_MIN_SIDE, max_side=facade_max_side
@@ -57,6 +57,8 @@ PATHS = {
 def outcome(path, data, name):
     try:
         return {"ok": list(PATHS[path](data, name).shape)}
+    except NothingFound as e:  # decoded, and nothing in it to classify: an answer, not a failure
+        return {"nothing": str(e)}
     except DataError as e:
         return {"refused": type(e).__name__, "message": str(e)}
     except BaseException:
@@ -148,9 +150,14 @@ def worker():
 
 
 def check(reply: dict, name: str, *, image: bool | None = None) -> None:
-    """Each path decoded within its bound or refused with a one-line DataError; `image=False` requires refusal."""
+    """Each path decoded within its bound (the fashion path may find no garment in it: one line) or refused
+    with a one-line DataError; `image=False` requires refusal."""
     for path, result in reply.items():
         assert "crash" not in result, f"{path}: {result['crash']}"
+        if "nothing" in result:
+            assert image is not False, f"{path}: accepted a file in a format outside {FORMATS}"
+            assert result["nothing"].startswith("no garment found: ") and "\n" not in result["nothing"], result
+            continue
         problem = "ok" if "ok" in result else re.sub(r"\d[\d,x= ]*", "N ", result["message"].split(": ", 1)[1])[:40]
         if currently_in_test_context():
             event(f"{path}: {problem}")  # shown by --hypothesis-show-statistics
@@ -188,12 +195,19 @@ def _flat(mode: str, size: tuple[int, int]) -> Image.Image:
     return im.convert(mode)
 
 
+def _grey16(size: tuple[int, int]) -> Image.Image:
+    """A 16-bit grey image with a dark rectangle on it (a garment to find, as in `_flat`)."""
+    im = Image.new("I;16", size, 40000)
+    im.paste(8000, (size[0] // 4, size[1] // 4, size[0] // 2, size[1] // 2))
+    return im
+
+
 # Each about 40 megapixels (the cap) in the decoded modes that take most memory.
 WORST = {
     "webp": lambda: _encoded(_flat("RGBA", (16383, 2441)), "WEBP", lossless=True),
     "rgba-png": lambda: _encoded(_flat("RGBA", (7300, 5470)), "PNG", compress_level=1),
     "transparent-palette-png": lambda: _encoded(_flat("P", (7300, 5470)), "PNG", transparency=0, compress_level=1),
-    "16-bit-png": lambda: _encoded(Image.new("I;16", (7300, 5470), 40000), "PNG", compress_level=1),
+    "16-bit-png": lambda: _encoded(_grey16((7300, 5470)), "PNG", compress_level=1),
     "cmyk-progressive-jpeg": lambda: _encoded(_flat("CMYK", (7300, 5470)), "JPEG", progressive=True, quality=95),
     "50:1-rgba-png": lambda: _encoded(_flat("RGBA", (44700, 894)), "PNG", compress_level=1),
 }

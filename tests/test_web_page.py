@@ -231,6 +231,7 @@ fetch(url).then((r) => r.blob()).then((blob) => {
 
 
 def test_drop_and_paste(page):
+    _both_answered(page)  # the paste below goes to the segment card's photo, shown once it has answered
     sample = "api/samples/fashion-mnist-test-0018.png"  # a bag
     _new_answer(page, "classify", lambda: page.execute_async_script(DROP, "classify", sample, "dropped.png", "drop"))
     assert _status(page, "classify").startswith("dropped.png: ")
