@@ -39,7 +39,9 @@ class DataConfig(_Strict):
     test_fraction: float = Field(0.0, ge=0.0, lt=1.0)
     limit: int | None = Field(None, gt=0, description="use only this many training images (quick tries)")
     group_key: str | None = Field(
-        None, description="segmentation: files of one group stay in one split (default: the dataset's, else 'file')"
+        None,
+        description="files of one group (one scene, building, object) stay in one split: index-mod:N, "
+        "regex:PATTERN (on file names without suffix) or file (default: the dataset's, else file)",
     )
     image_size: int | None = Field(
         None, ge=4, le=4096, description="folders: images resized to this side (default: the median, capped)"
@@ -184,9 +186,10 @@ class RunConfig(_Strict):
         given = [k for k in DATA_FACTS if getattr(self.data, k) is not None]
         if self.task in ("fashion", "facade") and given:
             raise ValueError(f"data.{given[0]} is fixed for the built-in {self.task} data; it is for folders")
-        if self.kind == "classify" and (self.data.group_key or self.data.ignore_index is not None):
-            key = "group_key" if self.data.group_key else "ignore_index"
-            raise ValueError(f"data.{key} is for segmentation")
+        if self.kind == "classify" and self.data.ignore_index is not None:
+            raise ValueError("data.ignore_index is for segmentation")
+        if self.task == "fashion" and self.data.group_key:
+            raise ValueError("data.group_key is for folders and facades; Fashion-MNIST's images share no scenes")
         if any(not 0.25 <= f <= 4 for f in self.train.tta_scales):
             raise ValueError(f"train.tta_scales {self.train.tta_scales}: each factor must be between 0.25 and 4")
         return self
@@ -373,7 +376,7 @@ def _upgrade(data: dict) -> dict:
     (the values then meant "the model's default", which None means now)."""
     data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
     d, m = data.get("data"), data.get("model")
-    if isinstance(d, dict) and KINDS.get(data.get("task")) == "classify" and d.get("group_key") == "index-mod:302":
+    if isinstance(d, dict) and data.get("task") == "fashion" and d.get("group_key") == "index-mod:302":
         d["group_key"] = None
     if isinstance(m, dict):
         if m.get("activation") == "relu":

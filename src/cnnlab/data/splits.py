@@ -3,13 +3,16 @@ scene (the views of one building) never sit on both sides of a split."""
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
+from collections import Counter
 
 import torch
 from torch import Tensor
 
 from ..errors import ConfigError, DataError
+from . import Images
 
 
 def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -23,6 +26,50 @@ def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[
         val.append(members[:k])
         train.append(members[k:])
     return torch.cat(train).sort().values, torch.cat(val).sort().values
+
+
+def stratified_group_split(
+    labels: torch.Tensor, groups: list[int], fraction: float, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices (train, val): whole groups in val, `fraction` of each class's groups (a group counts for
+    its most common class), chosen by a seeded shuffle: stratified as `stratified_split`, without a scene
+    on both sides."""
+    members: dict[int, list[int]] = {}
+    for i, g in enumerate(groups):
+        members.setdefault(g, []).append(i)
+    distinct = sorted(members)
+    order = torch.randperm(len(distinct), generator=torch.Generator().manual_seed(seed)).tolist()
+    label_of = labels.tolist()
+    major = {g: Counter(label_of[i] for i in members[g]).most_common(1)[0][0] for g in distinct}
+    held: set[int] = set()
+    for c in sorted(set(major.values())):
+        of_class = [distinct[i] for i in order if major[distinct[i]] == c]
+        held.update(of_class[: round(len(of_class) * fraction)])
+    val = [i for i, g in enumerate(groups) if g in held]
+    if not val or len(val) == len(groups):
+        raise DataError(
+            f"split of {len(distinct)} groups: too few to hold out {fraction:.0%} of each class's groups for "
+            "validation; use more data, another val_fraction, a finer group spec or a val/ folder"
+        )
+    train = [i for i, g in enumerate(groups) if g not in held]
+    return torch.tensor(train, dtype=torch.int64), torch.tensor(val, dtype=torch.int64)
+
+
+CHUNK = 512  # images hashed at a time: a folder's memory map is read a slice at once, never whole
+
+
+def exact_copies(train: Images, val: Images) -> int:
+    """How many of `val`'s images have an exact copy (the same pixels) among `train`'s."""
+
+    def digests(x: Images) -> list[bytes]:
+        out = []
+        for start in range(0, len(x), CHUNK):
+            rows = x[start : start + CHUNK].numpy()
+            out += [hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in rows]
+        return out
+
+    seen = set(digests(train))
+    return sum(d in seen for d in digests(val))
 
 
 def group_keys(names: list[str], spec: str) -> list[int]:

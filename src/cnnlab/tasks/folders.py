@@ -6,6 +6,7 @@ its config is written, so evaluate, predict, serve and export of that run know t
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -13,11 +14,24 @@ import torch
 from ..config import RunConfig
 from ..data import Rows, Split
 from ..data import folders as fd
-from ..data.splits import group_keys, group_split, stratified_split
-from ..errors import DataError
+from ..data.splits import exact_copies, group_keys, group_split, stratified_group_split, stratified_split
+from ..errors import CnnlabWarning, DataError
 from . import palette
 from .classify import ClassifyTask
 from .segment import SegmentTask
+
+
+def _warn_of_copies(train: Split, val: Split, root: Path, group_key: str | None) -> None:
+    """One warning line when validation images have exact copies in training: validation then measures
+    memory, not what the model learned, and picks the wrong checkpoint."""
+    if copies := exact_copies(train.x, val.x):
+        fix = "remove the copies" if group_key else "remove them, or set data.group_key so one scene stays on one side"
+        warnings.warn(
+            f"{root}: {copies} of {len(val)} validation images have an exact copy in training, so validation "
+            f"overstates accuracy; {fix} (e.g. --set data.group_key='regex:^(.+)_\\d+$')",
+            CnnlabWarning,
+            stacklevel=2,
+        )
 
 
 def _lazy(split: Split) -> Split:
@@ -72,7 +86,8 @@ class FolderClassify(_FolderFacts, ClassifyTask):
 
     def split_description(self, cfg: RunConfig) -> str:
         d = cfg.data
-        carved = f"{d.val_fraction:.0%} of train (stratified)"
+        by = f", whole groups by {d.group_key}" if d.group_key else ""
+        carved = f"{d.val_fraction:.0%} of train (stratified{by})"
         val = "its val/ folder" if d.dir and (Path(d.dir) / "val").is_dir() else carved
         return f"{Path(d.dir or '.').name}: validation {val}, seed {cfg.train.seed}"
 
@@ -97,8 +112,14 @@ class FolderClassify(_FolderFacts, ClassifyTask):
         }
         skipped = _left_out(scans, data, str)
         if "val" not in data:
-            tr, va = stratified_split(data["train"].y, d.val_fraction, cfg.train.seed)
-            data["train"], data["val"] = data["train"].subset(tr), data["train"].subset(va)
+            train = data["train"]
+            if d.group_key:
+                groups = group_keys([Path(n).stem for n in train.names], d.group_key)
+                tr, va = stratified_group_split(train.targets, groups, d.val_fraction, cfg.train.seed)
+            else:
+                tr, va = stratified_split(train.targets, d.val_fraction, cfg.train.seed)
+            data["train"], data["val"] = train.subset(tr), train.subset(va)
+        _warn_of_copies(data["train"], data["val"], root, d.group_key)
         if d.limit is not None:
             pick = torch.randperm(len(data["train"]), generator=torch.Generator().manual_seed(cfg.train.seed))
             data["train"] = data["train"].subset(pick[: d.limit].sort().values)

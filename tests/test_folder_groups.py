@@ -1,0 +1,104 @@
+"""Issue 30 (part): validation that does not leak, for classification folders too. Photos of one scene
+(several shots of an object, overlapping patches of a building) stay on one side of the split with
+`data.group_key`; without it, validation images with an exact copy in training get one warning line."""
+
+from __future__ import annotations
+
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from cnnlab.config import load_config
+from cnnlab.data.splits import exact_copies, stratified_group_split
+from cnnlab.errors import CnnlabWarning, ConfigError
+from cnnlab.tasks import get_task
+
+SCENE = re.compile(r"^(.+)_\d+$")
+
+
+def _scenes(folder: Path, per_scene: int = 4, scenes: int = 6, copies: bool = True) -> Path:
+    """train/<class>/<class>s<k>_<j>.png: `scenes` scenes a class, `per_scene` shots each, the shots of a
+    scene exact copies of each other (`copies`) or each its own noise."""
+    rng = np.random.default_rng(1)
+    for c, name in enumerate(("red", "green", "blue")):
+        (folder / "train" / name).mkdir(parents=True)
+        for k in range(scenes):
+            scene = rng.integers(0, 60, (12, 12, 3))
+            scene[..., c] += 150
+            for j in range(per_scene):
+                shot = scene if copies else np.clip(scene + rng.integers(-5, 6, scene.shape), 0, 255)
+                Image.fromarray(shot.astype(np.uint8)).save(folder / "train" / name / f"{name}s{k}_{j}.png")
+    return folder
+
+
+def _load(folder: Path, *overrides: str):
+    cfg = load_config("classify", "small", [f"data.dir={folder}", "data.val_fraction=0.34", *overrides])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        data = get_task(cfg).load_data(cfg, progress=False)
+    said = [str(w.message) for w in caught if issubclass(w.category, CnnlabWarning)]
+    return cfg, data, said
+
+
+def _scene_of(name: str) -> str:
+    return SCENE.match(Path(name).stem)[1]
+
+
+def test_a_group_key_keeps_each_scene_on_one_side_and_the_split_stratified(tmp_path):
+    folder = _scenes(tmp_path / "data")
+    cfg, data, said = _load(folder, r"data.group_key=regex:^(.+)_\d+$")
+    train, val = ({_scene_of(n) for n in data[s].names} for s in ("train", "val"))
+    assert not train & val and len(train | val) == 18
+    assert sorted(data["val"].targets.bincount().tolist()) == [8, 8, 8]  # 2 of each class's 6 scenes, whole
+    assert said == []  # no copies across the split
+    assert "whole groups by regex:^(.+)_\\d+$" in get_task(cfg).split_description(cfg)
+
+
+def test_without_a_group_key_copies_across_the_split_are_one_warning(tmp_path):
+    folder = _scenes(tmp_path / "data")
+    _, data, said = _load(folder)
+    copies = exact_copies(data["train"].x, data["val"].x)
+    assert copies > 0 and len(said) == 1
+    assert re.fullmatch(
+        rf"{re.escape(str(folder))}: {copies} of {len(data['val'])} validation images have an exact copy in "
+        r"training, so validation overstates accuracy; remove them, or set data.group_key so one scene stays on "
+        r"one side \(e\.g\. --set data\.group_key='regex:\^\(\.\+\)_\\d\+\$'\)",
+        said[0],
+    ), said[0]
+    _, _, said = _load(_scenes(tmp_path / "distinct", copies=False))  # shots that differ: no warning
+    assert said == []
+
+
+def test_a_group_key_is_refused_for_fashion_mnist_and_checked_against_every_name(tmp_path):
+    with pytest.raises(ConfigError, match=r"data\.group_key is for folders and facades"):
+        load_config("fashion", "seed-a", ["data.group_key=file"])
+    folder = _scenes(tmp_path / "data")
+    with pytest.raises(Exception, match=r"blues0_0: file name does not match group spec"):
+        _load(folder, r"data.group_key=regex:^(\d+)$")
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 3), st.integers(0, 12)), min_size=8, max_size=80),
+    st.sampled_from([0.1, 0.2, 0.34, 0.5]),
+    st.integers(0, 5),
+)
+def test_stratified_group_split_never_cuts_a_group(items, fraction, seed):
+    labels = torch.tensor([c for c, _ in items])
+    groups = [g for _, g in items]
+    try:
+        train, val = stratified_group_split(labels, groups, fraction, seed)
+    except Exception as e:
+        assert "too few to hold out" in str(e)
+        return
+    assert sorted(train.tolist() + val.tolist()) == list(range(len(items)))
+    assert not {groups[i] for i in train.tolist()} & {groups[i] for i in val.tolist()}
+    again = stratified_group_split(labels, groups, fraction, seed)
+    assert torch.equal(again[0], train) and torch.equal(again[1], val)
