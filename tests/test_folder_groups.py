@@ -102,3 +102,13 @@ def test_stratified_group_split_never_cuts_a_group(items, fraction, seed):
     assert not {groups[i] for i in train.tolist()} & {groups[i] for i in val.tolist()}
     again = stratified_group_split(labels, groups, fraction, seed)
     assert torch.equal(again[0], train) and torch.equal(again[1], val)
+
+
+def test_a_folder_of_class_folders_is_a_training_set_too(tmp_path):
+    """DIR/<class>/* as Keras' image_dataset_from_directory and torchvision's ImageFolder take it."""
+    flat = _scenes(tmp_path / "data") / "train"
+    cfg, data, _ = _load(flat, r"data.group_key=regex:^(.+)_\d+$")
+    assert cfg.data.classes == ["blue", "green", "red"] and len(data["train"]) + len(data["val"]) == 72
+    (flat / "val").mkdir()
+    with pytest.raises(Exception, match=rf"{re.escape(str(flat))}: has val/ but no train/; put the training classes"):
+        _load(flat)

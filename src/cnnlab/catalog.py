@@ -37,7 +37,7 @@ TASKS = {
     ),
     "classify": TaskInfo(
         "classify", "small", "Classify your own images: a folder with a subfolder per class.",
-        "Your image folder: DIR/train/<class>/*.png|jpg (optional DIR/val/, DIR/test/ alike).",
+        "Your image folder: DIR/<class>/*.png|jpg, or DIR/train/<class>/* (optional DIR/val/, DIR/test/ alike).",
         "any size; resized as in training",
     ),
     "segment": TaskInfo(

@@ -1,6 +1,7 @@
 """The user's own data as folders, read strictly (one line naming the file for anything wrong).
 
-Classification: DIR/train/<class>/*.png|jpg|... and optionally DIR/val/, DIR/test/ in the same layout.
+Classification: DIR/train/<class>/*.png|jpg|... and optionally DIR/val/, DIR/test/ in the same layout, or
+DIR/<class>/* alone (Keras' image_dataset_from_directory, torchvision's ImageFolder).
 Segmentation: DIR/images/NAME.jpg + DIR/masks/NAME.png and DIR/classes.yaml, optionally DIR/val/ and
 DIR/test/ holding images/ and masks/ too. Pixels are decoded once into the memory-mapped cache.
 """
@@ -68,7 +69,7 @@ def _subdirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-CLASS_LAYOUT = "DIR/train/<class>/*.png"
+CLASS_LAYOUT = "DIR/<class>/*.png or DIR/train/<class>/*.png"
 MASK_LAYOUT = "DIR/images/, DIR/masks/ and DIR/classes.yaml"
 
 
@@ -80,6 +81,15 @@ def existing(path: str | Path | None, layout: str) -> Path:
     if not folder.is_dir():
         raise DataError(f"{folder}: data folder not found; pass --data DIR laid out as {layout}")
     return folder
+
+
+def train_folder(root: Path) -> Path:
+    """Where a classification set's training classes are: ROOT/train/<class>/, or ROOT/<class>/ itself."""
+    if (root / "train").is_dir():
+        return root / "train"
+    if split := [name for name in ("val", "test") if (root / name).is_dir()]:
+        raise DataError(f"{root}: has {split[0]}/ but no train/; put the training classes in {root}/train/<class>/")
+    return root
 
 
 def scan_classes(folder: Path, classes: list[str] | None = None) -> Scan:

@@ -78,7 +78,7 @@ class _FolderFacts:
 
 
 class FolderClassify(_FolderFacts, ClassifyTask):
-    """DIR/train/<class>/*, optionally DIR/val/ and DIR/test/."""
+    """DIR/train/<class>/*, optionally DIR/val/ and DIR/test/; or DIR/<class>/* alone."""
 
     def __init__(self, cfg: RunConfig) -> None:
         self._read_facts(cfg)
@@ -94,12 +94,11 @@ class FolderClassify(_FolderFacts, ClassifyTask):
     def load_data(self, cfg: RunConfig, progress: bool = True) -> dict[str, Split]:
         d = cfg.data
         root = fd.existing(d.dir, fd.CLASS_LAYOUT)
-        if not (root / "train").is_dir():
-            raise DataError(f"{root}: no train/ folder; lay the images out as {root}/train/<class>/*.png")
-        scans = {"train": fd.scan_classes(root / "train", d.classes)}
+        train_dir = fd.train_folder(root)
+        scans = {"train": fd.scan_classes(train_dir, d.classes)}
         classes = d.classes or sorted({p.parent.name for p in scans["train"].files})
         if d.classes is None and len(set(scans["train"].labels)) < 2:
-            raise DataError(f"{root}/train: one class only; classification needs two or more")
+            raise DataError(f"{train_dir}: one class only; classification needs two or more")
         for name in ("val", "test"):
             if (root / name).is_dir():
                 scans[name] = fd.scan_classes(root / name, classes)
