@@ -9,7 +9,7 @@ import typing
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -141,11 +141,12 @@ class TrainConfig(_Strict):
     )
 
 
-REPORTS = ("full", "summary", "none")
+ReportLevel = Literal["full", "summary", "none"]
+REPORTS: tuple[str, ...] = get_args(ReportLevel)
 
 
 class ExplainConfig(_Strict):
-    report: Literal["full", "summary", "none"] = Field(
+    report: ReportLevel = Field(
         "full",
         description="full: every figure, with a PDF copy, and the explanations; summary: the curves and each "
         "split's figures as PNG, no explanations (a quick run's report at a fraction of its training); none: "

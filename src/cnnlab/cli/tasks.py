@@ -12,7 +12,7 @@ from typing import Literal
 import typer
 
 from ..catalog import TASKS
-from ..config import recipe_names
+from ..config import ReportLevel, recipe_names
 from ..errors import CnnlabError
 from ..sizes import MAX_SIDE, MAX_WORK_SIDE, MIN_WORK_SIDE
 
@@ -40,7 +40,7 @@ def _train(sub: typer.Typer, task: str) -> None:
         lr: float | None = typer.Option(None, help="Shortcut for --set optim.lr=X."),
         seed: int | None = typer.Option(None, help="Shortcut for --set train.seed=N."),
         limit: int | None = typer.Option(None, help="Use only N training images (quick tries)."),
-        report: Literal["full", "summary", "none"] | None = typer.Option(
+        report: ReportLevel | None = typer.Option(
             None,
             help="Shortcut for --set explain.report=X. full: every figure, with PDF copies, and the explanations; "
             "summary: curves and the splits' figures, no explanations (quicker); none: no figures or report.html. "
@@ -116,7 +116,7 @@ def _evaluate(sub: typer.Typer, task: str) -> None:
             hidden=not TASKS[task].external_eval,
             help="Evaluate on another labelled folder instead (laid out like the run's data).",
         ),
-        report: Literal["full", "summary", "none"] | None = typer.Option(
+        report: ReportLevel | None = typer.Option(
             None,
             help="Draw the split's figures at this level instead of the run's (full adds the explanations a summary "
             "run left out).",

@@ -95,7 +95,7 @@ def _shrink(a: np.ndarray, width: int, height: int) -> np.ndarray:
 def _colour(img: torch.Tensor, width: int, height: int) -> tuple[np.ndarray, np.ndarray] | None:
     """A colour photo at the working size: Lab's a* and b* (2, height, width) float and its RGB bytes
     (height, width, 3); None for a grey photo."""
-    if img.shape[0] == 1 or (torch.equal(img[0], img[1]) and torch.equal(img[1], img[2])):
+    if img.shape[0] == 1:
         return None
     rgb = Image.fromarray(img.permute(1, 2, 0).numpy()).resize((width, height), Image.Resampling.BOX)
     # PIL keeps a* and b* as signed bytes in unsigned ones; +128 puts neutral mid-range, as grey levels are
@@ -106,7 +106,7 @@ def _colour(img: torch.Tensor, width: int, height: int) -> tuple[np.ndarray, np.
 
 def _grey(img: torch.Tensor) -> np.ndarray:
     """The photo's grey levels (H, W) uint8, as PIL (and the dataset's makers) convert colour to grey."""
-    if img.shape[0] == 1 or (torch.equal(img[0], img[1]) and torch.equal(img[1], img[2])):
+    if img.shape[0] == 1:
         return img[0].numpy()
     return np.asarray(Image.fromarray(img.permute(1, 2, 0).numpy()).convert("L"))
 
@@ -120,6 +120,8 @@ def prepare(img: torch.Tensor) -> tuple[torch.Tensor, list[str]]:
     on dark, its contrast stretched to 0..255: the dataset's own steps. Its brightness is its distance from
     the background: in grey (inverted if the background is the lighter) and, in a colour photo, in colour.
     """
+    if img.shape[0] == 3 and torch.equal(img[0], img[1]) and torch.equal(img[1], img[2]):
+        img = img[:1]  # a grey photo stored in colour: exactly the grey path
     h, w = img.shape[1:]
     scale = min(1.0, WORK_SIDE / max(h, w))
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
@@ -145,7 +147,7 @@ def prepare(img: torch.Tensor) -> tuple[torch.Tensor, list[str]]:
     if (h, w) == (SIDE, SIDE) and colour is None and not darker and level < MIN_CONTRAST:
         # Already a Fashion-MNIST image: preparing it again only moves it (its box holds pixels too faint to
         # find again) and costs 0.5 points of accuracy on the held-out training images.
-        return img[:1].clone(), ["already 28x28, light on black as Fashion-MNIST's images: used as it is"]
+        return img.clone(), ["already 28x28, light on black as Fashion-MNIST's images: used as it is"]
     mask = ndimage.binary_dilation(mask)
     garment = np.clip((background - a) if darker else (a - background), 0, None)
     if colour is not None:
