@@ -120,6 +120,7 @@ def test_the_cli_says_it_in_one_line(monkeypatch, capsys, tmp_path):
     (tmp_path / "file").write_text("x")
     monkeypatch.setenv("CNNLAB_CACHE_DIR", str(tmp_path / "file"))
     args = ("--epochs", "1", "--set", "train.threads=1", "--set", "data.val_fraction=0.34", "--no-progress")
+    args += ("--recipe", "small")
     code, _, err = run_cli(monkeypatch, capsys, "classify", "train", "--data", data, "--out", tmp_path / "run", *args)
     assert code == 0, err
     assert [line for line in err.splitlines() if "cache" in line] == [

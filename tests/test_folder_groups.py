@@ -15,9 +15,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from cnnlab import api
 from cnnlab.config import load_config
 from cnnlab.data.splits import exact_copies, stratified_group_split
 from cnnlab.errors import CnnlabWarning, ConfigError
+from cnnlab.runs import read_eval
 from cnnlab.tasks import get_task
 
 SCENE = re.compile(r"^(.+)_\d+$")
@@ -112,3 +114,39 @@ def test_a_folder_of_class_folders_is_a_training_set_too(tmp_path):
     (flat / "val").mkdir()
     with pytest.raises(Exception, match=rf"{re.escape(str(flat))}: has val/ but no train/; put the training classes"):
         _load(flat)
+
+
+def _leaky(folder: Path, scenes: int, seed: int) -> Path:
+    """DIR/<class>/s<k>_<j>.png: scenes of pure noise, each with 4 shots a few levels apart, and a class drawn
+    at random per scene: nothing carries over to new scenes, so the honest accuracy is chance (1/3)."""
+    rng = np.random.default_rng(seed)
+    for k in range(scenes):
+        name = ("red", "green", "blue")[k % 3]
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        scene = rng.integers(20, 236, (8, 8, 3))
+        for j in range(4):
+            shot = np.clip(scene + rng.integers(-6, 7, scene.shape), 0, 255).astype(np.uint8)
+            Image.fromarray(shot).save(folder / name / f"s{seed}x{k}_{j}.png")
+    return folder
+
+
+def test_on_a_leaky_folder_the_group_key_closes_the_gap_between_validation_and_test(tmp_path, monkeypatch):
+    monkeypatch.setenv("CNNLAB_CACHE_DIR", str(tmp_path / "cache"))
+    data = tmp_path / "data"
+    _leaky(data / "train", 60, seed=0)
+    _leaky(data / "test", 30, seed=1)  # other scenes: what the model will meet
+    gaps = {}
+    for name, key in (("random", []), ("grouped", [r"data.group_key=regex:^(.+)_\d+$"])):
+        over = [f"data.dir={data}", "data.val_fraction=0.3", "train.epochs=40", "train.threads=1", *key]
+        over.append("augment.pad_crop=0")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", CnnlabWarning)
+            cfg = load_config("classify", "small", [*over, "explain.report=none"])
+            run = api.train_config(cfg, tmp_path / name, progress=False).run_dir
+        val, test = (read_eval(run, s)["acc"] for s in ("val", "test"))
+        gaps[name] = (val, test)
+    (val, test), (gval, gtest) = gaps["random"], gaps["grouped"]
+    assert test < 0.6 and gtest < 0.6  # new scenes: near chance, whatever the split
+    assert val > 0.9 and val - test > 0.4, gaps  # a random split validates on shots of training scenes: memorised
+    # whole scenes held out: validation, too, says chance (18 scenes: within about two standard errors)
+    assert gval < 0.6 and abs(gval - gtest) < val - test - 0.25, gaps

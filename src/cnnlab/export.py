@@ -25,8 +25,8 @@ from .tasks import Task, get_task
 
 # H and W the exported segmentation nets handle as PyTorch does. SeedA/SeedB resize their output back to
 # the input size only for other sizes, and that branch is fixed when the graph is traced (their docstrings).
-SIZE_MULTIPLE = {"seed-a": 4, "seed-b": 4, "unet": 1, "lite0-unet": None}
-# lite0-unet: its TensorFlow-style padding depends on each layer's input size, and tracing it with dynamic
+SIZE_MULTIPLE = {"seed-a": 4, "seed-b": 4, "unet": 1, "lite0-unet": None, "lite1-unet": None, "lite2-unet": None}
+# lite*-unet: its TensorFlow-style padding depends on each layer's input size, and tracing it with dynamic
 # height and width did not finish in 10 minutes (torch 2.13); predict and serve run it.
 TOLERANCE = 1e-4
 SEGMENT_EXAMPLE = (64, 64)  # px: the traced example's size; H and W stay dynamic

@@ -25,14 +25,16 @@ JSON_HELP = "Print the results as one JSON document on stdout, for scripts (prog
 
 
 def _train(sub: typer.Typer, task: str) -> None:
-    default_recipe = TASKS[task].default_recipe
+    info = TASKS[task]
+    fallback = f"; {info.fallback_recipe} for images under 16 px or without cnnlab\\[pretrained]"
+    default = info.default_recipe + (fallback if info.fallback_recipe else "")
 
     @sub.command()
     def train(
         recipe: str | None = typer.Option(
             None,
             metavar="NAME|FILE",
-            help=f"Recipe name ({', '.join(recipe_names(task))}) or a YAML file (default: {default_recipe}).",
+            help=f"Recipe name ({', '.join(recipe_names(task))}) or a YAML file (default: {default}).",
         ),
         set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help=OVERRIDE_HELP),
         epochs: int | None = typer.Option(None, help="Shortcut for --set train.epochs=N; with --resume: train to N."),
@@ -85,7 +87,7 @@ def _train(sub: typer.Typer, task: str) -> None:
         else:
             cfg = api.resolve_config(
                 task,
-                recipe or default_recipe,
+                recipe,
                 [*set_, *(["train.tensorboard=true"] if tensorboard else [])],
                 epochs=epochs,
                 batch_size=batch_size,

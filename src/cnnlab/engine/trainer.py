@@ -26,6 +26,7 @@ from ..tasks import get_task
 from . import checkpoint, distributed
 from .checkpoint import load_weights, open_run
 from .evaluation import check_input_size, evaluate, evaluate_split
+from .features import CachedFeatures, head_epochs
 from .optim import lr_at, make_optimizer, match_state_layout
 from .runtime import environment, make_runtime
 from .state import EpochSums, LoopState, StopRequest, TrainResult, console, epoch_order, progress_bars, seeded
@@ -112,6 +113,11 @@ class Trainer:
                 why = "torchrun restarted the job: " if restarted else ""
                 self.say(f"{why}resuming {self.run_dir} at epoch {self.state.epoch + 1}, step {self.state.step}")
         self.total_steps = self.steps_per_epoch * cfg.train.epochs
+        self.head_epochs, self.features = head_epochs(cfg, self.net), None
+        if self.state.epoch < min(self.head_epochs, cfg.train.epochs):
+            if self.dist.world > 1:
+                raise ConfigError("a head trained on cached features runs in one process: start it without torchrun")
+            self.features = CachedFeatures(self.net, self.task, self.data, self.rt, cfg, self.progress)
         self.tb = None
         if cfg.train.tensorboard and self.dist.main:
             from torch.utils.tensorboard import SummaryWriter
@@ -189,22 +195,28 @@ class Trainer:
             torch.cuda.manual_seed(seed)
         # The whole global batch is augmented on every process, then sharded: the same random draws as in
         # one process, so a run's result does not depend on how many processes computed it.
-        x, y = self.task.train_inputs(self.train_set.x[idx], self.train_set.y[idx], cfg, gen, self.state.epoch)
+        model = self.model
+        if self.state.epoch < self.head_epochs:  # the backbone does not learn yet: its cached features
+            x, y, model = self.features.train_batch(idx, gen), self.train_set.y[idx], self.net.head
+        else:
+            x, y = self.task.train_inputs(self.train_set.x[idx], self.train_set.y[idx], cfg, gen, self.state.epoch)
         if self.dist.world > 1:
             mine = self.dist.shard(torch.arange(len(idx)))
             x, y = x[mine], y[mine]
         x, y = x.to(rt.device), y.to(rt.device)
-        if rt.channels_last:
+        if rt.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         lr = lr_at(cfg, step, self.total_steps)
         for g in self.opt.param_groups:
             g["lr"] = lr * g.get("lr_share", 1.0)  # optimizer states saved before encoder_lr have none
         with rt.autocast():
-            logits = self.model(x)
+            logits = model(x)
             loss = self.task.loss(logits.float(), y, cfg)
         # DDP averages gradients over processes; weighting each shard by its size makes that the mean
         # over the global batch even when the last batch does not split evenly.
         (loss * (len(y) * self.dist.world / len(idx))).backward()
+        if cfg.optim.clip_grad:
+            torch.nn.utils.clip_grad_norm_(self.net.parameters(), cfg.optim.clip_grad, foreach=True)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         correct, count = self.task.batch_correct(logits.detach(), y)
@@ -311,7 +323,10 @@ class Trainer:
         """Validate (main process only; the others wait), log, keep the best weights, checkpoint."""
         state = self.state
         if self.dist.main:
-            val, _ = evaluate_split(self.net, self.task, self.val_set, self.rt, self.cfg, final=False)
+            if epoch < self.head_epochs:
+                val = self.features.validate()
+            else:
+                val, _ = evaluate_split(self.net, self.task, self.val_set, self.rt, self.cfg, final=False)
             row = {
                 "kind": "epoch",
                 "epoch": epoch + 1,

@@ -11,15 +11,16 @@ from ..errors import ConfigError
 
 def _classifiers() -> dict[str, type[nn.Module]]:
     from .classify import MODELS
+    from .transfer import CLASSIFIERS
 
-    return MODELS
+    return {**MODELS, **CLASSIFIERS}
 
 
 def _segmenters() -> dict[str, type[nn.Module]]:
-    from .efficientnet import LiteUNet
+    from .efficientnet import UNETS
     from .segment import MODELS
 
-    return {**MODELS, "lite0-unet": LiteUNet}
+    return {**MODELS, **UNETS}
 
 
 def model_table(kind: str) -> dict[str, type[nn.Module]]:
@@ -37,20 +38,26 @@ def build_model(
     activation: str | None = None,
     width: float | None = None,
     pretrained: bool = False,
+    input_size: int | None = None,
+    freeze: str | None = None,
     fresh: bool = True,
     mean: tuple[float, ...] | None = None,
     std: tuple[float, ...] | None = None,
 ) -> nn.Module:
     """The `kind` model called `name` for inputs of `in_channels` (and, for classifiers, `image_size` px
-    squares) and `num_classes` outputs. `activation`, `width` (None: the model's default) and `pretrained`
-    are refused, with a reason, by a model that would ignore them; pretrained weights are loaded only for a
-    `fresh` model (not one whose weights come from a checkpoint next). A model that names `mean` and `std`
-    gets the normalisation of its inputs (an ImageNet encoder rescales them to its own)."""
+    squares) and `num_classes` outputs. `activation`, `width`, `input_size`, `freeze` (None: the model's
+    default) and `pretrained` are refused, with a reason, by a model that would ignore them; pretrained
+    weights are loaded only for a `fresh` model (not one whose weights come from a checkpoint next). A
+    model that names `mean` and `std` gets the normalisation of its inputs (an ImageNet encoder rescales
+    them to its own)."""
     table = model_table(kind)
     if name not in table:
         raise ConfigError(f"model.name {name!r}: not a {kind} model; choose one of {', '.join(table)}")
     takes = inspect.signature(table[name]).parameters
-    options = {"activation": activation, "width": width, "pretrained": pretrained or None}
+    options = {
+        "activation": activation, "width": width, "pretrained": pretrained or None, "input_size": input_size,
+        "freeze": freeze,
+    }  # fmt: skip
     for key, value in options.items():
         if value is not None and key not in takes:
             raise ConfigError(f"model.{key}: {name} has no {key} setting; remove model.{key} or choose another model")

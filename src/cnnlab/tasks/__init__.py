@@ -83,6 +83,8 @@ class Task:
             activation=m.activation,
             width=m.width,
             pretrained=m.pretrained,
+            input_size=m.input_size,
+            freeze=m.freeze,
             fresh=init,
             mean=tuple(self.mean),
             std=tuple(self.std),

@@ -16,6 +16,9 @@ from ..plots.embedding import plot_embedding
 from . import Task
 
 FEATURE_MAP_CHANNELS = 12  # per layer: the most active ones; 64 tiles a row would be too small to read
+# Layers drawn, spread from the first convolution to the last: an ImageNet backbone has 50, whose figures
+# took 20 s of a probe's report and were too many to read.
+FEATURE_MAP_LAYERS = 8
 
 
 def _inputs(task: Task, images: torch.Tensor, model: torch.nn.Module) -> torch.Tensor:
@@ -39,8 +42,9 @@ def deep_filters(model: torch.nn.Module, out: Path) -> list[Path]:
 def classify_explanations(
     task: Task, run_dir: Path, split: str, data: Split, probs: torch.Tensor, model: torch.nn.Module, cfg: RunConfig
 ) -> None:
-    """Grad-CAMs of the examples figure's images, feature maps of every convolution for the most confident
-    image of each class, the embedding of the penultimate features and the reliability diagram."""
+    """Grad-CAMs of the examples figure's images, feature maps of the convolutions (up to
+    FEATURE_MAP_LAYERS, from the first to the last) for the most confident image of each class, the
+    embedding of the penultimate features and the reliability diagram."""
     out = run_dir / "figures"
     model.eval()
     k = len(task.classes)
@@ -65,7 +69,11 @@ def classify_explanations(
         images = data.x[idx]
         names = [task.classes[c] for c in best]
         maps = attribution.feature_maps(model, _inputs(task, images, model))
+        m = min(FEATURE_MAP_LAYERS, len(maps))
+        drawn = {round(i * (len(maps) - 1) / max(1, m - 1)) for i in range(m)}
         for number, (layer, fmap) in enumerate(maps, 1):
+            if number - 1 not in drawn:
+                continue
             xf.plot_feature_maps(
                 images, names, fmap.cpu(), f"conv{number} ({layer})", out / f"feature_maps_conv{number}_{split}",
                 FEATURE_MAP_CHANNELS,

@@ -1,0 +1,112 @@
+"""Training a head on a frozen backbone's cached features: a linear probe in seconds.
+
+While the backbone does not learn (`model.freeze: backbone`, or the first `train.head_epochs` of a
+fine-tuning run), every epoch would compute the same features again. They are computed once per image
+(and per mirror image, with `augment.hflip`), stored memory-mapped beside the decoded-image cache and
+keyed by the backbone's weights, its input side and precision, and the images' bytes; the head then
+trains on rows of that table. A second run on the same folder reads them in a second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import RunConfig
+from ..data import Split
+from ..data.cache import decoded
+from ..errors import ConfigError
+from ..tasks import Task
+from .runtime import Runtime
+
+BATCH = 64
+VERSION = 1  # of what a row holds; a change here makes new entries
+
+
+def head_epochs(cfg: RunConfig, net: torch.nn.Module) -> int:
+    """How many epochs train the head alone on cached features (0: none); refuses settings that need a
+    backbone the model does not have."""
+    frozen = getattr(net, "freeze", None) == "backbone"
+    n = cfg.train.epochs if frozen else cfg.train.head_epochs
+    if n and not hasattr(net, "features"):
+        raise ConfigError(
+            f"train.head_epochs: {cfg.model.name} has no pretrained backbone; choose lite0, lite1 or lite2"
+        )
+    return 10**9 if frozen else n  # a frozen backbone never learns, however far a resume extends the run
+
+
+def _digest(tensors: list[torch.Tensor], data: torch.Tensor | Any, **params: object) -> str:
+    h = hashlib.blake2b(repr(sorted(params.items())).encode(), digest_size=12)
+    for t in tensors:
+        h.update(t.detach().float().contiguous().numpy().tobytes())
+    for i in range(0, len(data), 4096):
+        h.update(data[i : i + 4096].contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+class CachedFeatures:
+    """The train and val splits' pooled features under one backbone (`net.features`), as float32 tensors
+    (N, D): `train` and, with mirroring, `train_flipped`; `val`."""
+
+    def __init__(
+        self, net: torch.nn.Module, task: Task, data: dict[str, Split], rt: Runtime, cfg: RunConfig, progress: bool
+    ):
+        self.net, self.task, self.rt, self.cfg = net, task, rt, cfg
+        self.targets = data["train"].targets
+        self.val_targets = data["val"].targets
+        backbone = [t for name, t in net.state_dict().items() if not name.startswith("head.")]
+        params = {"v": VERSION, "model": cfg.model.name, "side": net.input_size, "bf16": rt.bf16,
+                  "mean": tuple(task.mean), "std": tuple(task.std), "torch": torch.__version__}  # fmt: skip
+        self.tables = {}
+        views = {"train": (data["train"], False), "val": (data["val"], False)}
+        if cfg.augment.hflip:
+            views["train_flipped"] = (data["train"], True)
+        for name, (split, flip) in views.items():
+            key = "features-" + _digest(backbone, split.x, flip=flip, **params)
+            self.tables[name] = self._table(key, split, flip, progress, f"features: {name.replace('_', ' ')}")
+
+    @torch.inference_mode()
+    def _table(self, key: str, split: Split, flip: bool, progress: bool, description: str) -> torch.Tensor:
+        was_training = self.net.training
+        self.net.eval()
+        held: dict[str, np.ndarray] = {}
+
+        def fill(i: int) -> dict[str, np.ndarray]:
+            if i % BATCH == 0:  # the cache asks row by row; the backbone runs a batch at a time
+                x = self.task.eval_inputs(split.x[i : i + BATCH])
+                x = (x.flip(-1) if flip else x).to(self.rt.device)
+                if self.rt.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with self.rt.autocast():
+                    held["batch"] = self.net.features(x).float().cpu().numpy()
+            return {"f": held["batch"][i % BATCH]}
+
+        dim = self.net.head[-1].in_features
+        arrays = {"f": ((dim,), np.dtype(np.float32))}
+        found, _ = decoded(key, len(split), arrays, fill, description=description, progress=progress)
+        self.net.train(was_training)
+        return found["f"]
+
+    def train_batch(self, idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """The features of training images `idx`, each mirrored at random (p = 0.5) with augment.hflip."""
+        x = self.tables["train"][idx]
+        if "train_flipped" in self.tables:
+            flip = torch.rand(len(idx), generator=gen) < 0.5
+            x = torch.where(flip[:, None], self.tables["train_flipped"][idx], x)
+        return x.to(self.rt.device)
+
+    @torch.inference_mode()
+    def validate(self) -> dict[str, Any]:
+        """The head's validation metrics (as evaluate_split's, without test-time views)."""
+        self.net.eval()
+        feats = self.tables["val"]
+        probs = torch.cat(
+            [
+                self.net.head(feats[i : i + 4096].to(self.rt.device)).float().softmax(1).cpu()
+                for i in range(0, len(feats), 4096)
+            ]
+        )
+        return self.task.metrics(probs, self.val_targets, self.cfg)
