@@ -18,7 +18,7 @@ from PIL import Image
 from cnnlab import api
 from cnnlab.config import load_config
 from cnnlab.data.splits import exact_copies, stratified_group_split
-from cnnlab.errors import CnnlabWarning, ConfigError
+from cnnlab.errors import CnnlabWarning, ConfigError, DataError
 from cnnlab.runs import read_eval
 from cnnlab.tasks import get_task
 
@@ -150,3 +150,24 @@ def test_on_a_leaky_folder_the_group_key_closes_the_gap_between_validation_and_t
     assert val > 0.9 and val - test > 0.4, gaps  # a random split validates on shots of training scenes: memorised
     # whole scenes held out: validation, too, says chance (18 scenes: within about two standard errors)
     assert gval < 0.6 and abs(gval - gtest) < val - test - 0.25, gaps
+
+
+def test_a_groups_csv_names_each_files_scene(tmp_path):
+    folder = _scenes(tmp_path / "data", copies=True)
+    rows = ["file,group"]
+    for path in sorted((folder / "train").rglob("*.png")):
+        scene = _scene_of(path.name)
+        # paths under train/, relative to it, or bare names: each way people write them
+        ways = (f"train/{path.parent.name}/{path.name}", f"{path.parent.name}/{path.name}", path.name)
+        name = ways[len(rows) % 3]
+        rows.append(f"{name},building {scene}")
+    (folder / "groups.csv").write_text("\n".join(rows) + "\n")
+    _, data, said = _load(folder, "data.group_key=csv")
+    train, val = ({_scene_of(n) for n in data[s].names} for s in ("train", "val"))
+    assert not train & val and len(train | val) == 18 and said == []
+    (folder / "groups.csv").write_text("\n".join(rows[:-1]) + "\n")  # the last image has no row
+    with pytest.raises(DataError, match=r"groups\.csv: no row for red/reds5_3\.png; give every training image a"):
+        _load(folder, "data.group_key=csv")
+    (folder / "groups.csv").write_text("file,group\nred/reds0_0.png\n")
+    with pytest.raises(DataError, match=r"groups\.csv: row 1 has 1 fields; write file,group per line"):
+        _load(folder, "data.group_key=csv")

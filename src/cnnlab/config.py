@@ -41,7 +41,8 @@ class DataConfig(_Strict):
     group_key: str | None = Field(
         None,
         description="files of one group (one scene, building, object) stay in one split: index-mod:N, "
-        "regex:PATTERN (on file names without suffix) or file (default: the dataset's, else file)",
+        "regex:PATTERN (on file names without suffix), csv (classification: DIR/groups.csv of file,group rows) "
+        "or file (default: the dataset's, else file)",
     )
     image_size: int | None = Field(
         None, ge=4, le=4096, description="folders: images resized to this side (default: the median, capped)"

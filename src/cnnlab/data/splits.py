@@ -3,10 +3,12 @@ scene (the views of one building) never sit on both sides of a split."""
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import math
 import re
 from collections import Counter
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -107,6 +109,36 @@ def group_keys(names: list[str], spec: str) -> list[int]:
         return [int(key) % modulus for key in keys]
     ids: dict[str, int] = {}
     return [ids.setdefault(key, len(ids)) for key in keys]
+
+
+def csv_groups(path: Path, files: list[str], root: Path) -> list[int]:
+    """Group number of each of `files` from a CSV of `file,group` rows (a header row `file,group` is
+    allowed): `file` is a path relative to `root`, or a bare file name where that names one file."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file; data.group_key csv reads DIR/groups.csv of file,group rows") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"{path}: unreadable ({type(e).__name__}); write UTF-8 text, file,group per line") from None
+    if rows and [c.strip().lower() for c in rows[0]] == ["file", "group"]:
+        rows = rows[1:]
+    if (bad := next((i for i, r in enumerate(rows) if len(r) != 2), None)) is not None:
+        raise DataError(f"{path}: row {bad + 1} has {len(rows[bad])} fields; write file,group per line")
+    groups = {r[0].strip().replace("\\", "/"): r[1].strip() for r in rows}
+    names = Counter(Path(k).name for k in groups)
+    ids: dict[str, int] = {}
+    out = []
+    for file in files:
+        rel = Path(file).resolve().relative_to(root.resolve()).as_posix()
+        train_rel = rel.removeprefix("train/")
+        key = next((k for k in (rel, train_rel) if k in groups), None)
+        if key is None and names[Path(file).name] == 1:
+            key = next(k for k in groups if Path(k).name == Path(file).name)
+        if key is None:
+            raise DataError(f"{path}: no row for {train_rel}; give every training image a group")
+        out.append(ids.setdefault(groups[key], len(ids)))
+    return out
 
 
 def group_split(groups: list[int], *, val_fraction: float, test_fraction: float, seed: int) -> dict[str, Tensor]:

@@ -14,7 +14,7 @@ import torch
 from ..config import RunConfig
 from ..data import Rows, Split
 from ..data import folders as fd
-from ..data.splits import exact_copies, group_keys, group_split, stratified_group_split, stratified_split
+from ..data.splits import csv_groups, exact_copies, group_keys, group_split, stratified_group_split, stratified_split
 from ..errors import CnnlabWarning, DataError
 from . import palette
 from .classify import ClassifyTask
@@ -113,7 +113,11 @@ class FolderClassify(_FolderFacts, ClassifyTask):
         if "val" not in data:
             train = data["train"]
             if d.group_key:
-                groups = group_keys([Path(n).stem for n in train.names], d.group_key)
+                groups = (
+                    csv_groups(root / "groups.csv", train.names, root)
+                    if d.group_key == "csv"
+                    else group_keys([Path(n).stem for n in train.names], d.group_key)
+                )
                 tr, va = stratified_group_split(train.targets, groups, d.val_fraction, cfg.train.seed)
             else:
                 tr, va = stratified_split(train.targets, d.val_fraction, cfg.train.seed)
