@@ -5,6 +5,9 @@ refuse, and the default recipe with and without the cnnlab[pretrained] extra."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import warnings
 from importlib import metadata
 
@@ -85,6 +88,25 @@ def test_settings_an_imagenet_classifier_would_ignore_are_refused():
     cfg = load_config("classify", "small", ["train.head_epochs=2"])
     with pytest.raises(ConfigError, match=r"train\.head_epochs: resnet has no pretrained backbone"):
         features.head_epochs(cfg, build_model("classify", "resnet", in_channels=3, num_classes=3))
+
+
+def test_a_head_epoch_setting_a_model_cannot_take_leaves_no_run_folder(monkeypatch, capsys, tmp_path, cache_dir):
+    data = make_classify_folder(tmp_path / "data", per_class=6, size=8)
+    out = tmp_path / "run"
+    code, _, err = run_cli(monkeypatch, capsys, "classify", "train", "--data", data, "--recipe", "small",
+                           "--set", "train.head_epochs=2", "--out", out, "--no-progress")  # fmt: skip
+    one_error_line(code, err, "train.head_epochs: resnet has no pretrained backbone")
+    assert not out.exists()
+    with pytest.raises(ConfigError, match=r"model\.dropout: resnet has no dropout setting"):
+        build_model("classify", "resnet", in_channels=3, num_classes=3, dropout=0.1)
+
+
+def test_weights_convert_in_memory_when_the_cache_cannot_be_written(tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("x")
+    monkeypatch.setenv("CNNLAB_CACHE_DIR", str(tmp_path / "file"))
+    with pytest.warns(CnnlabWarning, match=r"weights cache .*file/weights: cannot write"):
+        weights = imagenet.load_lite("lite1", part="fc")
+    assert weights["weight"].shape == (1000, 1280)
 
 
 def test_a_probe_caches_its_features_and_a_second_run_reads_them(cache_dir, tmp_path, monkeypatch):
@@ -179,3 +201,22 @@ def test_the_default_recipe_fine_tunes_photos_and_trains_tiny_images_from_scratc
     assert api.resolve_config("classify", None, data_dir=str(photos)) == api.resolve_config(
         "classify", "finetune", data_dir=str(photos)
     )
+
+
+def test_a_head_on_cached_features_trains_under_torchrun_as_in_one_process(tmp_path):
+    """Two processes each read the cached features, take their shard of a head step and average its
+    gradients as DDP averages the whole net's: the weights of one process, through the head epoch and on
+    (without dropout, whose masks depend on how a batch is split)."""
+    data = make_classify_folder(tmp_path / "data", per_class=8, size=12)
+    env = {**os.environ, "CNNLAB_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    settings = [*QUICK, "train.precision=fp32", "train.epochs=3", "train.head_epochs=1", "model.dropout=0"]
+    args = ["-m", "cnnlab", "classify", "train", "--data", str(data), "--recipe", "finetune", "--max-steps", "5",
+            "--no-progress", *[a for s in settings for a in ("--set", s)]]  # fmt: skip
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    for cmd, out in (([sys.executable], "one"), (launcher, "two")):
+        done = subprocess.run([*cmd, *args, "--out", str(tmp_path / out)], env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-3000:]
+    one, two = (checkpoint.load(tmp_path / r / "checkpoints" / "last.safetensors")["model"] for r in ("one", "two"))
+    assert all(torch.allclose(one[k], two[k], atol=1e-5, rtol=1e-4) for k in one)
+    start = imagenet.load_lite("lite0")["stem.0.weight"]
+    assert not torch.allclose(two["encoder.stem.0.weight"], start)  # step 5 is past the head epoch: all learned

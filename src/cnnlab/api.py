@@ -81,16 +81,16 @@ class Run(TrainResult):
 TINY_SIDE = 16
 
 
-def default_recipe(task: str, data_dir: str | Path | None = None) -> str:
+def default_recipe(task: str, data_dir: str | Path | None = None) -> str | None:
     """The recipe `cnnlab TASK train` and `cnnlab.train(TASK)` take when none is named: the task's default,
     or its fallback where that needs the cnnlab[pretrained] extra and it is not installed, or where the
     folder's images are under TINY_SIDE px (each said in one warning line)."""
     from .data import folders
     from .models import imagenet
 
-    info = TASKS[task]
-    if info.fallback_recipe is None:
-        return info.default_recipe
+    info = TASKS.get(task)
+    if info is None or info.fallback_recipe is None:
+        return info and info.default_recipe  # an unknown task: load_config says so in one line
     if not imagenet.installed():
         warnings.warn(
             f"the default recipe '{info.default_recipe}' fine-tunes ImageNet weights, which need "
@@ -101,7 +101,9 @@ def default_recipe(task: str, data_dir: str | Path | None = None) -> str:
         return info.fallback_recipe
     try:
         root = folders.existing(data_dir, folders.CLASS_LAYOUT)
-        heads, _ = folders.survey(folders.scan_classes(folders.train_folder(root)).files, skip_bad=True)
+        files = folders.scan_classes(folders.train_folder(root)).files
+        # The median side of about 200 files spread over the classes: headers only, under a second.
+        heads, _ = folders.survey(files[:: max(1, len(files) // 200)], skip_bad=True)
         side = folders.default_size(heads, info.kind)
     except (CnnlabError, ValueError):  # no folder or no images yet: training says what is wrong, in one line
         return info.default_recipe
@@ -121,7 +123,8 @@ def resolve_config(task: str, recipe: str | None, overrides: Sequence[str] = (),
     keyword shortcuts (epochs, batch_size, lr, seed, data_dir, limit, report), validated; the shortcuts
     win over the overrides."""
     if recipe is None:
-        recipe = default_recipe(task, shortcuts.get("data_dir"))
+        given = [o.split("=", 1)[1] for o in overrides if isinstance(o, str) and o.startswith("data.dir=")]
+        recipe = default_recipe(task, shortcuts.get("data_dir") or (given[-1] if given else None))
     return load_config(task, recipe, [*overrides, *shortcut_overrides(**shortcuts)])
 
 

@@ -99,6 +99,7 @@ class ModelConfig(_Strict):
     input_size: int | None = Field(
         None, ge=32, le=1024, description="ImageNet classifiers: the side the backbone sees (default: its own, 224+)"
     )
+    dropout: float | None = Field(None, ge=0.0, lt=1.0, description="ImageNet classifiers: before the last layer (0.2)")
     freeze: Literal["none", "bn", "backbone"] | None = Field(
         None,
         description="ImageNet classifiers: backbone (a linear probe on cached features), bn (all learns but the "
@@ -222,7 +223,6 @@ def recipe_dirs() -> list[Path]:
     return [d for d in (here / "recipes", here.parents[1] / "recipes") if d.is_dir()]
 
 
-DEFAULT_RECIPES = {name: info.default_recipe for name, info in TASKS.items()}
 
 
 def _recipe_folders(task: str) -> list[str]:

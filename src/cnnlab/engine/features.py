@@ -41,7 +41,7 @@ def head_epochs(cfg: RunConfig, net: torch.nn.Module) -> int:
 def _digest(tensors: list[torch.Tensor], data: torch.Tensor | Any, **params: object) -> str:
     h = hashlib.blake2b(repr(sorted(params.items())).encode(), digest_size=12)
     for t in tensors:
-        h.update(t.detach().float().contiguous().numpy().tobytes())
+        h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
     for i in range(0, len(data), 4096):
         h.update(data[i : i + 4096].contiguous().numpy().tobytes())
     return h.hexdigest()
@@ -64,6 +64,8 @@ class CachedFeatures:
         views = {"train": (data["train"], False), "val": (data["val"], False)}
         if cfg.augment.hflip:
             views["train_flipped"] = (data["train"], True)
+        if cfg.train.tta_flip:  # validated as evaluate_split does: the image and its mirror image
+            views["val_flipped"] = (data["val"], True)
         for name, (split, flip) in views.items():
             key = "features-" + _digest(backbone, split.x, flip=flip, **params)
             self.tables[name] = self._table(key, split, flip, progress, f"features: {name.replace('_', ' ')}")
@@ -100,13 +102,14 @@ class CachedFeatures:
 
     @torch.inference_mode()
     def validate(self) -> dict[str, Any]:
-        """The head's validation metrics (as evaluate_split's, without test-time views)."""
+        """The head's validation metrics, as evaluate_split's per-epoch ones (with the mirror view if
+        train.tta_flip)."""
         self.net.eval()
-        feats = self.tables["val"]
-        probs = torch.cat(
-            [
-                self.net.head(feats[i : i + 4096].to(self.rt.device)).float().softmax(1).cpu()
-                for i in range(0, len(feats), 4096)
-            ]
-        )
-        return self.task.metrics(probs, self.val_targets, self.cfg)
+
+        def probs(feats: torch.Tensor) -> torch.Tensor:
+            with self.rt.autocast():
+                return self.net.head(feats.to(self.rt.device)).float().softmax(1).cpu()
+
+        views = [self.tables[v] for v in ("val", "val_flipped") if v in self.tables]
+        p = sum(probs(v) for v in views) / len(views)
+        return self.task.metrics(p, self.val_targets, self.cfg)

@@ -72,6 +72,7 @@ class Trainer:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.model = self.net if self.dist.world == 1 else DistributedDataParallel(self.net)
         self.opt = make_optimizer(cfg, self.net)
+        self.head_epochs, self.features = head_epochs(cfg, self.net), None  # checked before the run folder is made
         self.steps_per_epoch = math.ceil(len(self.train_set) / cfg.train.batch_size)
         self.task.prepare_training(cfg, self.train_set)
 
@@ -113,11 +114,6 @@ class Trainer:
                 why = "torchrun restarted the job: " if restarted else ""
                 self.say(f"{why}resuming {self.run_dir} at epoch {self.state.epoch + 1}, step {self.state.step}")
         self.total_steps = self.steps_per_epoch * cfg.train.epochs
-        self.head_epochs, self.features = head_epochs(cfg, self.net), None
-        if self.state.epoch < min(self.head_epochs, cfg.train.epochs):
-            if self.dist.world > 1:
-                raise ConfigError("a head trained on cached features runs in one process: start it without torchrun")
-            self.features = CachedFeatures(self.net, self.task, self.data, self.rt, cfg, self.progress)
         self.tb = None
         if cfg.train.tensorboard and self.dist.main:
             from torch.utils.tensorboard import SummaryWriter
@@ -195,13 +191,13 @@ class Trainer:
             torch.cuda.manual_seed(seed)
         # The whole global batch is augmented on every process, then sharded: the same random draws as in
         # one process, so a run's result does not depend on how many processes computed it.
-        model = self.model
-        if self.state.epoch < self.head_epochs:  # the backbone does not learn yet: its cached features
+        model, head_only = self.model, self.state.epoch < self.head_epochs
+        if head_only:  # the backbone does not learn yet: its cached features
             x, y, model = self.features.train_batch(idx, gen), self.train_set.y[idx], self.net.head
         else:
             x, y = self.task.train_inputs(self.train_set.x[idx], self.train_set.y[idx], cfg, gen, self.state.epoch)
         if self.dist.world > 1:
-            mine = self.dist.shard(torch.arange(len(idx)))
+            mine = self.dist.shard(torch.arange(len(idx)))  # (the same shard of the features for a head step)
             x, y = x[mine], y[mine]
         x, y = x.to(rt.device), y.to(rt.device)
         if rt.channels_last and x.ndim == 4:
@@ -215,6 +211,10 @@ class Trainer:
         # DDP averages gradients over processes; weighting each shard by its size makes that the mean
         # over the global batch even when the last batch does not split evenly.
         (loss * (len(y) * self.dist.world / len(idx))).backward()
+        if head_only and self.dist.world > 1:  # the head alone, outside DDP: average as DDP would
+            for p in self.net.head.parameters():
+                torch.distributed.all_reduce(p.grad)
+                p.grad /= self.dist.world
         if cfg.optim.clip_grad:
             torch.nn.utils.clip_grad_norm_(self.net.parameters(), cfg.optim.clip_grad, foreach=True)
         self.opt.step()
@@ -233,6 +233,8 @@ class Trainer:
             f"{self.rt.describe()['precision']}, {self.dist.world} process(es) x {self.rt.threads} threads -> "
             f"{self.run_dir}"
         )
+        if state.epoch < min(self.head_epochs, cfg.train.epochs):  # inside train()'s cleanup: Ctrl-C leaves nothing
+            self.features = CachedFeatures(self.net, self.task, self.data, self.rt, cfg, self.progress)
         with stop.installed(), progress_bars() if self.progress else contextlib.nullcontext() as bar:
             while state.epoch < cfg.train.epochs:
                 epoch = state.epoch

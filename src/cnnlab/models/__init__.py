@@ -40,13 +40,14 @@ def build_model(
     pretrained: bool = False,
     input_size: int | None = None,
     freeze: str | None = None,
+    dropout: float | None = None,
     fresh: bool = True,
     mean: tuple[float, ...] | None = None,
     std: tuple[float, ...] | None = None,
 ) -> nn.Module:
     """The `kind` model called `name` for inputs of `in_channels` (and, for classifiers, `image_size` px
-    squares) and `num_classes` outputs. `activation`, `width`, `input_size`, `freeze` (None: the model's
-    default) and `pretrained` are refused, with a reason, by a model that would ignore them; pretrained
+    squares) and `num_classes` outputs. `activation`, `width`, `input_size`, `freeze`, `dropout` (None: the
+    model's default) and `pretrained` are refused, with a reason, by a model that would ignore them; pretrained
     weights are loaded only for a `fresh` model (not one whose weights come from a checkpoint next). A
     model that names `mean` and `std` gets the normalisation of its inputs (an ImageNet encoder rescales
     them to its own)."""
@@ -56,7 +57,7 @@ def build_model(
     takes = inspect.signature(table[name]).parameters
     options = {
         "activation": activation, "width": width, "pretrained": pretrained or None, "input_size": input_size,
-        "freeze": freeze,
+        "freeze": freeze, "dropout": dropout,
     }  # fmt: skip
     for key, value in options.items():
         if value is not None and key not in takes:

@@ -15,13 +15,14 @@ import hashlib
 import os
 import re
 import tempfile
+import warnings
 from importlib import metadata
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..errors import ConfigError
+from ..errors import CnnlabWarning, ConfigError
 
 # Each package's weights file; its name carries the first 8 hex digits of its SHA-256 (torch.hub's convention).
 FILES = {
@@ -115,10 +116,16 @@ def load_lite(variant: str = "lite0", part: str = "encoder") -> dict[str, torch.
         if not digest.startswith(hash_prefix(variant)):
             raise ConfigError(f"{path}: not the published file (SHA-256 {digest[:8]}...); reinstall with {INSTALL}")
         weights = convert(path)
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=cached.parent, suffix=".part", delete=False) as tmp:
-            save_file(weights, tmp.name)
-        os.replace(tmp.name, cached)  # whole or absent, even with two runs converting at once
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=cached.parent, suffix=".part", delete=False) as tmp:
+                save_file(weights, tmp.name)
+            os.replace(tmp.name, cached)  # whole or absent, even with two runs converting at once
+        except OSError as e:  # a convenience, never a reason to stop: convert again next time
+            warnings.warn(
+                f"weights cache {cached.parent}: cannot write ({e.strerror or e}); set CNNLAB_CACHE_DIR to a folder "
+                "you may write", CnnlabWarning, stacklevel=2,
+            )  # fmt: skip
     if part == "encoder":
         return {k: v for k, v in weights.items() if not k.startswith(("neck.", "fc."))}
     return {k[len(part) + 1 :]: v for k, v in weights.items() if k.startswith(part + ".")}

@@ -47,6 +47,7 @@ class LiteNet(nn.Module):
         std: tuple[float, ...] = (0.5, 0.5, 0.5),
         input_size: int | None = None,
         freeze: Freeze = "none",
+        dropout: float = 0.2,
     ):
         super().__init__()
         self.input_size = input_size or self.backbone.input_size
@@ -59,7 +60,7 @@ class LiteNet(nn.Module):
         self.neck = conv_bn(self.encoder.channels[-1], self.backbone.features, 1)
         if pretrained:
             self.neck.load_state_dict(load_lite(self.backbone.name, part="neck"))
-        self.head = nn.Sequential(nn.Dropout(0.2), nn.Linear(self.backbone.features, num_classes))
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.backbone.features, num_classes))
         if freeze == "backbone":
             for p in (*self.encoder.parameters(), *self.neck.parameters()):
                 p.requires_grad_(False)

@@ -85,6 +85,7 @@ class Task:
             pretrained=m.pretrained,
             input_size=m.input_size,
             freeze=m.freeze,
+            dropout=m.dropout,
             fresh=init,
             mean=tuple(self.mean),
             std=tuple(self.std),
