@@ -96,15 +96,11 @@ class ModelConfig(_Strict):
     activation: Literal["relu", "leaky_relu", "sigmoid"] | None = None
     width: float | None = Field(None, gt=0.0)
     pretrained: bool = Field(False, description="start the encoder from ImageNet weights (cnnlab[pretrained])")
-    input_size: int | None = Field(
-        None, ge=32, le=1024, description="ImageNet classifiers: the side the backbone sees (default: its own, 224+)"
-    )
-    dropout: float | None = Field(None, ge=0.0, lt=1.0, description="ImageNet classifiers: before the last layer (0.2)")
-    freeze: Literal["none", "bn", "backbone"] | None = Field(
-        None,
-        description="ImageNet classifiers: backbone (a linear probe on cached features), bn (all learns but the "
-        "batch-norm statistics) or none",
-    )
+    # ImageNet classifiers (lite0/1/2): the side the backbone sees (default: its own), dropout before the last
+    # layer (0.2), and what stays fixed: backbone (a probe on cached features), bn (its statistics) or none.
+    input_size: int | None = Field(None, ge=32, le=1024)
+    dropout: float | None = Field(None, ge=0.0, lt=1.0)
+    freeze: Literal["none", "bn", "backbone"] | None = None
 
 
 class LossConfig(_Strict):
@@ -121,9 +117,7 @@ class OptimConfig(_Strict):
     schedule: Literal["constant", "cosine", "onecycle"] = "constant"
     warmup_fraction: float = Field(0.0, ge=0.0, lt=1.0)
     encoder_lr: float = Field(1.0, gt=0.0, le=1.0, description="the pretrained encoder's rate as a share of lr")
-    clip_grad: float | None = Field(
-        None, gt=0.0, description="scale each step's gradients down to at most this norm (tames early spikes)"
-    )
+    clip_grad: float | None = Field(None, gt=0.0, description="cap each step's gradient norm (tames early spikes)")
 
 
 class TrainConfig(_Strict):
@@ -137,9 +131,7 @@ class TrainConfig(_Strict):
     eval_batch_size: int = Field(512, gt=0)
     checkpoint_every_s: float = Field(60.0, gt=0.0)
     tta_flip: bool = False
-    head_epochs: int = Field(
-        0, ge=0, description="ImageNet classifiers: the first N epochs train only the head, on cached backbone features"
-    )
+    head_epochs: int = Field(0, ge=0, description="ImageNet classifiers: N first epochs train the head alone")
     tta_shift: int = Field(
         0, ge=0, description="classification: final evaluations also average over inputs shifted this many px"
     )
@@ -208,10 +200,8 @@ class RunConfig(_Strict):
         if self.task == "fashion" and self.data.group_key:
             raise ValueError("data.group_key is for folders and facades; Fashion-MNIST's images share no scenes")
         if self.model.freeze == "backbone" and (self.augment.pad_crop or self.augment.erase):
-            raise ValueError(
-                "augment.pad_crop and augment.erase: a frozen backbone's features are computed once, so only "
-                "augment.hflip applies; remove them or use model.freeze bn"
-            )
+            raise ValueError("augment.pad_crop and augment.erase: a frozen backbone's features are computed once, "
+                             "so only augment.hflip applies; remove them or use model.freeze bn")  # fmt: skip
         if any(not 0.25 <= f <= 4 for f in self.train.tta_scales):
             raise ValueError(f"train.tta_scales {self.train.tta_scales}: each factor must be between 0.25 and 4")
         return self
@@ -221,8 +211,6 @@ def recipe_dirs() -> list[Path]:
     """Where named recipes live: inside an installed wheel, or at the root of a source checkout."""
     here = Path(__file__).resolve().parent
     return [d for d in (here / "recipes", here.parents[1] / "recipes") if d.is_dir()]
-
-
 
 
 def _recipe_folders(task: str) -> list[str]:

@@ -60,6 +60,21 @@ def check_input_size(model: torch.nn.Module, shape: Sequence[int], scales: Seque
             )
 
 
+def check_training_data(data: dict[str, Batchable], model: torch.nn.Module, cfg: RunConfig) -> None:
+    """Refuse data a run cannot train on, before its folder is made: an empty train or val split, or
+    images smaller than the model takes."""
+    for name in ("train", "val"):
+        if not len(data[name]):
+            raise DataError(
+                f"{cfg.task} data: the {name} split is empty ({sum(map(len, data.values()))} images in "
+                f"all, data.val_fraction {cfg.data.val_fraction}); use more images or change the fraction"
+            )
+    try:
+        check_input_size(model, data["train"].x.shape, cfg.train.tta_scales)
+    except DataError as e:
+        raise DataError(f"{cfg.data.dir or cfg.task + ' data'}: {e}") from None
+
+
 def evaluate_split(
     model: torch.nn.Module, task: Task, split: Batchable, rt: Runtime, cfg: RunConfig, final: bool = True
 ) -> tuple[dict[str, Any], torch.Tensor]:

@@ -10,6 +10,7 @@ trains on rows of that table. A second run on the same folder reads them in a se
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -38,12 +39,10 @@ def head_epochs(cfg: RunConfig, net: torch.nn.Module) -> int:
     return 10**9 if frozen else n  # a frozen backbone never learns, however far a resume extends the run
 
 
-def _digest(tensors: list[torch.Tensor], data: torch.Tensor | Any, **params: object) -> str:
+def _digest(chunks: Iterable[torch.Tensor], **params: object) -> str:
     h = hashlib.blake2b(repr(sorted(params.items())).encode(), digest_size=12)
-    for t in tensors:
-        h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
-    for i in range(0, len(data), 4096):
-        h.update(data[i : i + 4096].contiguous().numpy().tobytes())
+    for t in chunks:
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
 
 
@@ -57,9 +56,12 @@ class CachedFeatures:
         self.net, self.task, self.rt, self.cfg = net, task, rt, cfg
         self.targets = data["train"].targets
         self.val_targets = data["val"].targets
-        backbone = [t for name, t in net.state_dict().items() if not name.startswith("head.")]
-        params = {"v": VERSION, "model": cfg.model.name, "side": net.input_size, "bf16": rt.bf16,
-                  "mean": tuple(task.mean), "std": tuple(task.std), "torch": torch.__version__}  # fmt: skip
+        backbone = _digest(
+            (t.float() for name, t in net.state_dict().items() if not name.startswith("head.")),
+            v=VERSION, model=cfg.model.name, side=net.input_size, bf16=rt.bf16, mean=tuple(task.mean),
+            std=tuple(task.std), torch=torch.__version__,
+        )  # fmt: skip
+        images = {}  # each split's bytes hashed once, for its plain and its mirrored table
         self.tables = {}
         views = {"train": (data["train"], False), "val": (data["val"], False)}
         if cfg.augment.hflip:
@@ -67,7 +69,9 @@ class CachedFeatures:
         if cfg.train.tta_flip:  # validated as evaluate_split does: the image and its mirror image
             views["val_flipped"] = (data["val"], True)
         for name, (split, flip) in views.items():
-            key = "features-" + _digest(backbone, split.x, flip=flip, **params)
+            if id(split) not in images:
+                images[id(split)] = _digest(split.x[i : i + 4096] for i in range(0, len(split), 4096))
+            key = f"features-{backbone}-{images[id(split)]}-{'flipped' if flip else 'plain'}"
             self.tables[name] = self._table(key, split, flip, progress, f"features: {name.replace('_', ' ')}")
 
     @torch.inference_mode()

@@ -19,13 +19,13 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from ..config import RunConfig, dump_config
-from ..errors import ConfigError, DataError, TrainingError
+from ..errors import ConfigError, TrainingError
 from ..outputs import remove_stale_temps, write_json
 from ..runs import MetricsLog, RunPaths, read_history
 from ..tasks import get_task
 from . import checkpoint, distributed
 from .checkpoint import load_weights, open_run
-from .evaluation import check_input_size, evaluate, evaluate_split
+from .evaluation import check_training_data, evaluate, evaluate_split
 from .features import CachedFeatures, head_epochs
 from .optim import lr_at, make_optimizer, match_state_layout
 from .runtime import environment, make_runtime
@@ -67,7 +67,7 @@ class Trainer:
         self.train_set, self.val_set = self.data["train"], self.data["val"]
         started = resume and (self.paths.last.exists() or self.paths.last.with_suffix(".prev").exists())
         self.net = self.task.build_model(cfg, init=not started).to(self.rt.device)
-        self.check_data()
+        check_training_data(self.data, self.net, self.cfg)
         if self.rt.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.model = self.net if self.dist.world == 1 else DistributedDataParallel(self.net)
@@ -120,20 +120,6 @@ class Trainer:
 
             # purge_step drops events past the checkpoint, as the metrics log does, so a resume adds no duplicates.
             self.tb = SummaryWriter(self.run_dir / "tensorboard", purge_step=self.state.step + 1 if resume else None)
-
-    def check_data(self) -> None:
-        """Refuse data the run cannot use, before the run folder is made: an empty split, or images
-        smaller than the model takes."""
-        for name in ("train", "val"):
-            if not len(self.data[name]):
-                raise DataError(
-                    f"{self.cfg.task} data: the {name} split is empty ({sum(map(len, self.data.values()))} images in "
-                    f"all, data.val_fraction {self.cfg.data.val_fraction}); use more images or change the fraction"
-                )
-        try:
-            check_input_size(self.net, self.train_set.x.shape, self.cfg.train.tta_scales)
-        except DataError as e:
-            raise DataError(f"{self.cfg.data.dir or self.cfg.task + ' data'}: {e}") from None
 
     def extend(self, epochs: int | None) -> None:
         """Resume with `epochs`: train to that many epochs in all (not fewer than are done)."""
