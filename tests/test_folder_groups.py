@@ -18,6 +18,7 @@ from PIL import Image
 from cnnlab import api
 from cnnlab.config import load_config
 from cnnlab.data.splits import exact_copies, stratified_group_split
+from cnnlab.engine.evaluation import warn_of_copies
 from cnnlab.errors import CnnlabWarning, ConfigError, DataError
 from cnnlab.runs import read_eval
 from cnnlab.tasks import get_task
@@ -45,6 +46,7 @@ def _load(folder: Path, *overrides: str):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         data = get_task(cfg).load_data(cfg, progress=False)
+        warn_of_copies(data, cfg)
     said = [str(w.message) for w in caught if issubclass(w.category, CnnlabWarning)]
     return cfg, data, said
 
@@ -70,11 +72,13 @@ def test_without_a_group_key_copies_across_the_split_are_one_warning(tmp_path):
     assert copies > 0 and len(said) == 1
     assert re.fullmatch(
         rf"{re.escape(str(folder))}: {copies} of {len(data['val'])} validation images have an exact copy in "
-        r"training, so validation overstates accuracy; remove them, or set data.group_key so one scene stays on "
-        r"one side \(e\.g\. --set data\.group_key='regex:\^\(\.\+\)_\\d\+\$'\)",
+        r"train, so those splits overstate accuracy; remove them, or set data.group_key so one scene stays on "
+        r"one side \(`cnnlab check` lists them\)",
         said[0],
     ), said[0]
     _, _, said = _load(_scenes(tmp_path / "distinct", copies=False))  # shots that differ: no warning
+    assert said == []
+    _, _, said = _load(folder, "data.check=false")  # asked not to look
     assert said == []
 
 

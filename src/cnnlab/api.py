@@ -26,7 +26,9 @@ from .outputs import atomic_write, check_dir
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["Run", "evaluate", "explain", "load_model", "predict", "sweep_activations", "train"]
+    from .check import Findings
+
+__all__ = ["Run", "check", "evaluate", "explain", "load_model", "predict", "sweep_activations", "train"]
 
 # Keyword shortcuts and the option each stands for on the command line (named in error messages).
 SHORTCUTS = {
@@ -334,3 +336,48 @@ def sweep_activations(
     # Not "sweep": the figure's numbers (NAME.json) would replace the results' sweep.json.
     plot_sweep({a: runs.read_history(out / a) for a in results}, out / "sweep_curves")
     return results
+
+
+def check(
+    data: str | Path,
+    out: str | Path | None = None,
+    *,
+    overrides: Sequence[str] = (),
+    threshold: float | None = None,
+    progress: bool = True,
+) -> Findings:
+    """Check a data set before training, as `cnnlab check` does: duplicates (exact and near, within and
+    across splits, what a random split would leak, the `data.group_key` rule that keeps them together),
+    class balance and, for a folder, its files. Writes check.json and check.html into `out` (default
+    runs/check-NAME) and returns the findings (`.report` as check.json holds it, `.leaks`).
+
+    `data`: a built-in dataset ("fashion", "facade"), a folder of either kind (DIR/<class>/* for
+    classify; DIR/images, DIR/masks and classes.yaml for segment), or a run folder (its data and split).
+    """
+    from .check import run_check
+    from .report.check_page import write_check_page
+
+    cfg, name = _check_config(data, overrides)
+    folder = check_dir(Path(out) if out is not None else Path("runs") / f"check-{name}", "--out")
+    found = run_check(cfg, folder, source=str(data), progress=progress, threshold=threshold)
+    write_check_page(folder / "check.html", found.report, found.thumbs)
+    return found
+
+
+def _check_config(data: str | Path, overrides: Sequence[str]) -> tuple[RunConfig, str]:
+    """The configuration whose data and split `check` reads, and a name for its output folder."""
+    if isinstance(data, str) and data in TASKS and TASKS[data].builtin:
+        return load_config(data, TASKS[data].default_recipe, list(overrides)), data
+    path = Path(data).expanduser()
+    if (path / "config.yaml").is_file():
+        cfg = runs.load_run_config(path)
+        if cfg.data.dir is not None and not Path(cfg.data.dir).is_dir():
+            raise CnnlabError(
+                f"{path}: its data folder {cfg.data.dir} is gone (moved?); check the folder where it is now"
+            )
+        return cfg, path.resolve().name
+    if not path.is_dir():
+        names = ", ".join(t for t, info in TASKS.items() if info.builtin)
+        raise CnnlabError(f"{data}: no such folder; give a folder of images, a run folder or one of {names}")
+    task = "segment" if (path / "images").is_dir() or (path / "classes.yaml").is_file() else "classify"
+    return load_config(task, TASKS[task].default_recipe, [f"data.dir={path}", *overrides]), path.resolve().name

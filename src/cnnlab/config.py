@@ -55,6 +55,7 @@ class DataConfig(_Strict):
     ignore_index: int | None = Field(None, ge=0, le=255, description="segment folders: mask value left out")
     skip_bad: bool = Field(False, description="folders: skip unreadable files (listed in the run) instead of stopping")
     cache: bool = Field(True, description="folders: decode once into a uint8 memory-mapped cache")
+    check: bool = Field(True, description="warn before training when val or test images have exact copies in training")
 
     @model_validator(mode="after")
     def _facts_agree(self) -> DataConfig:

@@ -78,6 +78,48 @@ def report(
 
 
 @app.command()
+def check(
+    data: str = typer.Argument(
+        ..., metavar="DATA", help="fashion, facade, a folder of either kind, or a run folder (its data and split)."
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", metavar="DIR", help="Where check.json and check.html go (default: runs/check-NAME)."
+    ),
+    strict: bool = typer.Option(
+        False, "--strict", help="Exit 1 when images of one split have duplicates in another (for pipelines)."
+    ),
+    threshold: float | None = typer.Option(
+        None,
+        "--threshold",
+        min=-1.0,
+        max=1.0,
+        help="Cosine similarity from which images count as near duplicates (default: the embedding's).",
+    ),
+    overrides: list[str] = typer.Option(
+        [],
+        "--set",
+        metavar="KEY=VALUE",
+        help="Override how the data is read or split, e.g. --set data.val_fraction=0.2.",
+    ),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars (on stderr)."),
+) -> None:
+    """Check a data set before training: exact and near duplicates within and across splits, what a random
+    split would leak and the data.group_key rule that prevents it, class balance, and a folder's files
+    (unreadable, truncated, CMYK, 16-bit, rotated, blank, odd sizes).
+
+    Writes check.json and check.html; exits 0 with findings (1 with --strict when splits leak)."""
+    from ..api import check as run
+    from ..check import summary
+
+    found = run(data, out, overrides=overrides, threshold=threshold, progress=progress)
+    for line in summary(found.report):
+        typer.echo(line)
+    typer.echo(str(found.folder / "check.html"))
+    if strict and found.leaks:
+        raise typer.Exit(1)
+
+
+@app.command()
 def models() -> None:
     """List the shipped models (usable without a run folder) and their validation and test metrics."""
     from rich.console import Console

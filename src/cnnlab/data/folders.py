@@ -58,9 +58,7 @@ def _images_in(folder: Path) -> list[Path]:
     """The folder's image files by suffix, links that lead nowhere (dangling, or in a loop) included: those
     are named as bad files later, never dropped without a word."""
     try:
-        return sorted(
-            p for p in folder.iterdir() if (p.is_file() or p.is_symlink()) and p.suffix.lower() in SUFFIXES
-        )
+        return sorted(p for p in folder.iterdir() if (p.is_file() or p.is_symlink()) and p.suffix.lower() in SUFFIXES)
     except OSError as e:
         raise DataError(f"{folder}: cannot list the folder ({e.strerror}); check its permissions") from None
 
@@ -106,8 +104,7 @@ def scan_classes(folder: Path, classes: list[str] | None = None) -> Scan:
         classes = names
     elif extra := [n for n in names if n not in classes]:
         raise DataError(
-            f"{folder / extra[0]}: class {extra[0]!r} is not among the training classes; "
-            f"add it to train/ or remove it"
+            f"{folder / extra[0]}: class {extra[0]!r} is not among the training classes; add it to train/ or remove it"
         )
     scan = Scan([])
     for sub in found:
@@ -137,7 +134,7 @@ def read_dataset_file(folder: Path) -> DatasetFile:
     names, colors = [], []
     for item in data["classes"]:
         if isinstance(item, dict) and len(item) == 1:
-            (name, color), = item.items()
+            ((name, color),) = item.items()
         else:
             name, color = item, None
         if not isinstance(name, str | int) or (color is not None and not _HEX.fullmatch(str(color))):
@@ -335,7 +332,13 @@ def segment_shape(
 
 
 def load_masks(
-    scan: Scan, size: tuple[int, int], channels: int, info: DatasetFile, *, skip_bad: bool, cache: bool,
+    scan: Scan,
+    size: tuple[int, int],
+    channels: int,
+    info: DatasetFile,
+    *,
+    skip_bad: bool,
+    cache: bool,
     progress: bool,
 ) -> Split:
     """Decode a segmentation split (cached) at `size` (H, W; see `segment_shape`): images uint8

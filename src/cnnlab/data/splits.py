@@ -60,16 +60,17 @@ def stratified_group_split(
 CHUNK = 512  # images hashed at a time: a folder's memory map is read a slice at once, never whole
 
 
+def digests(x: Images) -> list[bytes]:
+    """A 16-byte hash of each image's decoded pixels: equal hashes, the same pixels."""
+    out = []
+    for start in range(0, len(x), CHUNK):
+        rows = x[start : start + CHUNK].numpy()
+        out += [hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in rows]
+    return out
+
+
 def exact_copies(train: Images, val: Images) -> int:
     """How many of `val`'s images have an exact copy (the same pixels) among `train`'s."""
-
-    def digests(x: Images) -> list[bytes]:
-        out = []
-        for start in range(0, len(x), CHUNK):
-            rows = x[start : start + CHUNK].numpy()
-            out += [hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in rows]
-        return out
-
     seen = set(digests(train))
     return sum(d in seen for d in digests(val))
 

@@ -4,6 +4,7 @@ which scores a run's checkpoint and writes eval_<split>.json and that split's fi
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,8 @@ from typing import Any
 import torch
 
 from ..config import REPORTS, RunConfig
-from ..errors import CheckpointError, ConfigError, DataError
+from ..data.splits import exact_copies
+from ..errors import CheckpointError, CnnlabWarning, ConfigError, DataError
 from ..outputs import write_json
 from ..runs import eval_path
 from ..tasks import Batchable, Task, get_task
@@ -73,6 +75,33 @@ def check_training_data(data: dict[str, Batchable], model: torch.nn.Module, cfg:
         check_input_size(model, data["train"].x.shape, cfg.train.tta_scales)
     except DataError as e:
         raise DataError(f"{cfg.data.dir or cfg.task + ' data'}: {e}") from None
+
+
+def warn_of_copies(data: dict[str, Batchable], cfg: RunConfig) -> None:
+    """One warning line when validation or test images have exact copies (the same pixels) in an earlier
+    split: such a split measures memory, not what the model learned (and validation picks the wrong
+    checkpoint). Hashing costs about a second per 100,000 small images; `data.check: false` skips it."""
+    if not cfg.data.check:
+        return
+    said = []
+    for later, earlier in (("val", "train"), ("test", "train"), ("test", "val")):
+        if not (len(data.get(later, ())) and len(data.get(earlier, ()))):
+            continue
+        if copies := exact_copies(data[earlier].x, data[later].x):
+            name = "validation" if later == "val" else "test"
+            said.append(f"{copies} of {len(data[later])} {name} images have an exact copy in {earlier}")
+    if said:
+        fix = (
+            "remove the copies"
+            if cfg.data.group_key
+            else "remove them, or set data.group_key so one scene stays on one side"
+        )
+        warnings.warn(
+            f"{cfg.data.dir or cfg.task}: {'; '.join(said)}, so those splits overstate accuracy; {fix} "
+            "(`cnnlab check` lists them)",
+            CnnlabWarning,
+            stacklevel=2,
+        )
 
 
 def evaluate_split(

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..config import RunConfig
-from ..data import Split
+from ..data import Images, Split
 from ..data.cache import decoded
 from ..errors import ConfigError
 from ..tasks import Task
@@ -46,6 +46,47 @@ def _digest(chunks: Iterable[torch.Tensor], **params: object) -> str:
     return h.hexdigest()
 
 
+def backbone_digest(net: torch.nn.Module, task: Task, rt: Runtime, model: str) -> str:
+    """What a feature row depends on besides the image: the backbone's weights, input side and precision,
+    and the task's normalisation."""
+    return _digest(
+        (t.float() for name, t in net.state_dict().items() if not name.startswith("head.")),
+        v=VERSION, model=model, side=net.input_size, bf16=rt.bf16, mean=tuple(task.mean),
+        std=tuple(task.std), torch=torch.__version__,
+    )  # fmt: skip
+
+
+def images_digest(x: Images) -> str:
+    """The images' bytes, hashed a slice at a time (a memory-mapped folder is never read whole)."""
+    return _digest(x[i : i + 4096] for i in range(0, len(x), 4096))
+
+
+@torch.inference_mode()
+def feature_table(
+    net: torch.nn.Module, task: Task, x: Images, rt: Runtime, key: str, *, flip: bool, progress: bool, description: str
+) -> torch.Tensor:
+    """(N, D) float32 pooled features (`net.features`) of images `x`, mirrored with `flip`, read from the
+    cache entry `key` or computed a batch at a time and stored there."""
+    was_training = net.training
+    net.eval()
+    held: dict[str, np.ndarray] = {}
+
+    def fill(i: int) -> dict[str, np.ndarray]:
+        if i % BATCH == 0:  # the cache asks row by row; the backbone runs a batch at a time
+            b = task.eval_inputs(x[i : i + BATCH])
+            b = (b.flip(-1) if flip else b).to(rt.device)
+            if rt.channels_last:
+                b = b.contiguous(memory_format=torch.channels_last)
+            with rt.autocast():
+                held["batch"] = net.features(b).float().cpu().numpy()
+        return {"f": held["batch"][i % BATCH]}
+
+    arrays = {"f": ((net.head[-1].in_features,), np.dtype(np.float32))}
+    found, _ = decoded(key, len(x), arrays, fill, description=description, progress=progress)
+    net.train(was_training)
+    return found["f"]
+
+
 class CachedFeatures:
     """The train and val splits' pooled features under one backbone (`net.features`), as float32 tensors
     (N, D): `train` and, with mirroring, `train_flipped`; `val`."""
@@ -56,11 +97,7 @@ class CachedFeatures:
         self.net, self.task, self.rt, self.cfg = net, task, rt, cfg
         self.targets = data["train"].targets
         self.val_targets = data["val"].targets
-        backbone = _digest(
-            (t.float() for name, t in net.state_dict().items() if not name.startswith("head.")),
-            v=VERSION, model=cfg.model.name, side=net.input_size, bf16=rt.bf16, mean=tuple(task.mean),
-            std=tuple(task.std), torch=torch.__version__,
-        )  # fmt: skip
+        backbone = backbone_digest(net, task, rt, cfg.model.name)
         images = {}  # each split's bytes hashed once, for its plain and its mirrored table
         self.tables = {}
         views = {"train": (data["train"], False), "val": (data["val"], False)}
@@ -70,31 +107,12 @@ class CachedFeatures:
             views["val_flipped"] = (data["val"], True)
         for name, (split, flip) in views.items():
             if id(split) not in images:
-                images[id(split)] = _digest(split.x[i : i + 4096] for i in range(0, len(split), 4096))
+                images[id(split)] = images_digest(split.x)
             key = f"features-{backbone}-{images[id(split)]}-{'flipped' if flip else 'plain'}"
-            self.tables[name] = self._table(key, split, flip, progress, f"features: {name.replace('_', ' ')}")
-
-    @torch.inference_mode()
-    def _table(self, key: str, split: Split, flip: bool, progress: bool, description: str) -> torch.Tensor:
-        was_training = self.net.training
-        self.net.eval()
-        held: dict[str, np.ndarray] = {}
-
-        def fill(i: int) -> dict[str, np.ndarray]:
-            if i % BATCH == 0:  # the cache asks row by row; the backbone runs a batch at a time
-                x = self.task.eval_inputs(split.x[i : i + BATCH])
-                x = (x.flip(-1) if flip else x).to(self.rt.device)
-                if self.rt.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                with self.rt.autocast():
-                    held["batch"] = self.net.features(x).float().cpu().numpy()
-            return {"f": held["batch"][i % BATCH]}
-
-        dim = self.net.head[-1].in_features
-        arrays = {"f": ((dim,), np.dtype(np.float32))}
-        found, _ = decoded(key, len(split), arrays, fill, description=description, progress=progress)
-        self.net.train(was_training)
-        return found["f"]
+            description = f"features: {name.replace('_', ' ')}"
+            self.tables[name] = feature_table(
+                net, task, split.x, rt, key, flip=flip, progress=progress, description=description
+            )
 
     def train_batch(self, idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """The features of training images `idx`, each mirrored at random (p = 0.5) with augment.hflip."""

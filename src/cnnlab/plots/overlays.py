@@ -52,7 +52,7 @@ def mass_centre(heat: torch.Tensor) -> list[float] | None:
 
 
 def hex_to_rgb(color: str) -> tuple[int, int, int]:
-    """"#RRGGBB" -> (r, g, b)."""
+    """ "#RRGGBB" -> (r, g, b)."""
     return int(color[1:3], 16), int(color[3:5], 16), int(color[5:7], 16)
 
 

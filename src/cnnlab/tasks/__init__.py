@@ -115,6 +115,16 @@ class Task:
     def _std(self) -> torch.Tensor:
         return torch.tensor(self.std).view(1, -1, 1, 1)
 
+    balance_unit = "images"  # what `class_balance` counts: images a class, or (segmentation) shares of pixels
+
+    def class_balance(self, split: Split) -> list[float]:
+        """How much of `split` each class holds, in `balance_unit`."""
+        raise NotImplementedError
+
+    def stratify_by(self, split: Split) -> torch.Tensor | None:
+        """Labels a random split keeps the shares of (one per image), or None."""
+        return None
+
     def prepare_training(self, cfg: RunConfig, train: Split) -> None:
         """Hook for statistics of the training split (e.g. class frequencies for weighted losses)."""
 

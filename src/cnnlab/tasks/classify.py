@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 import torch
 
 from ..config import RunConfig
+from ..data import Split
 from ..data.augment import cls_augment
 from ..metrics import confusion_matrix, per_class_accuracy
 from ..runs import read_eval
@@ -25,6 +26,12 @@ class ClassifyTask(Task):
     percent = True
     # All images' accuracy, not the mean of the classes': on unbalanced folders the two differ.
     total_row = "overall accuracy"
+
+    def class_balance(self, split: Split) -> list[float]:
+        return torch.bincount(split.targets, minlength=len(self.classes)).tolist()
+
+    def stratify_by(self, split: Split) -> torch.Tensor:
+        return split.targets
 
     def train_inputs(self, x, y, cfg, gen, epoch):
         a = cfg.augment

@@ -6,7 +6,6 @@ its config is written, so evaluate, predict, serve and export of that run know t
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import torch
@@ -14,24 +13,11 @@ import torch
 from ..config import RunConfig
 from ..data import Rows, Split
 from ..data import folders as fd
-from ..data.splits import csv_groups, exact_copies, group_keys, group_split, stratified_group_split, stratified_split
-from ..errors import CnnlabWarning, DataError
+from ..data.splits import csv_groups, group_keys, group_split, stratified_group_split, stratified_split
+from ..errors import DataError
 from . import palette
 from .classify import ClassifyTask
 from .segment import SegmentTask
-
-
-def _warn_of_copies(train: Split, val: Split, root: Path, group_key: str | None) -> None:
-    """One warning line when validation images have exact copies in training: validation then measures
-    memory, not what the model learned, and picks the wrong checkpoint."""
-    if copies := exact_copies(train.x, val.x):
-        fix = "remove the copies" if group_key else "remove them, or set data.group_key so one scene stays on one side"
-        warnings.warn(
-            f"{root}: {copies} of {len(val)} validation images have an exact copy in training, so validation "
-            f"overstates accuracy; {fix} (e.g. --set data.group_key='regex:^(.+)_\\d+$')",
-            CnnlabWarning,
-            stacklevel=2,
-        )
 
 
 def _lazy(split: Split) -> Split:
@@ -122,7 +108,6 @@ class FolderClassify(_FolderFacts, ClassifyTask):
             else:
                 tr, va = stratified_split(train.targets, d.val_fraction, cfg.train.seed)
             data["train"], data["val"] = train.subset(tr), train.subset(va)
-        _warn_of_copies(data["train"], data["val"], root, d.group_key)
         if d.limit is not None:
             pick = torch.randperm(len(data["train"]), generator=torch.Generator().manual_seed(cfg.train.seed))
             data["train"] = data["train"].subset(pick[: d.limit].sort().values)

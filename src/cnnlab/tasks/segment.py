@@ -111,6 +111,11 @@ class SegmentTask(Task):
             f"{d.test_fraction:.0%} test (seed {cfg.train.seed}){limit}"
         )
 
+    balance_unit = "share of pixels"
+
+    def class_balance(self, split: Split) -> list[float]:
+        return class_frequencies(split.y, len(self.classes)).tolist()
+
     def prepare_training(self, cfg: RunConfig, train: Split) -> None:
         if cfg.loss.name == "freq-weighted-ce":
             freq = class_frequencies(train.y, len(self.classes)).clamp_min(1e-6)

@@ -1,0 +1,217 @@
+"""`cnnlab check`: what is wrong with a data set before the first epoch. Duplicates (exact and near, within
+and across splits, and what a random split would leak), the `data.group_key` rule that keeps them on one
+side, class balance, and for a person's folder the files themselves.
+
+`run_check` returns the findings (what check.json holds, plus thumbnails of the images they name);
+`report.check_page` draws check.html from them.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from ..config import RunConfig
+from ..data import Split
+from ..data.splits import digests as pixel_digests
+from ..outputs import atomic_write, write_json
+from ..tasks import Task, get_task
+from . import duplicates as dup
+from .files import check_files
+from .rules import random_split_leak, suggest_rule
+
+SPLITS = ("train", "val", "test")
+SHOWN = 60  # groups with thumbnails on the page (check.json lists all)
+THUMB = 96  # px, the longer side of a thumbnail
+
+
+@dataclass
+class Findings:
+    """What `cnnlab check` found: `report` as check.json holds it (in `folder`), `thumbs` PNGs of the images its
+    groups name (key "split/index"), `leaks` the duplicate pairs that cross splits."""
+
+    report: dict[str, Any]
+    folder: Path
+    thumbs: dict[str, bytes] = field(default_factory=dict)
+
+    @property
+    def leaks(self) -> int:
+        return sum(self.report["duplicates"]["across_splits"].values())
+
+
+def _thumb(x: torch.Tensor) -> bytes:
+    x = x if x.shape[-1] * x.shape[-2] >= THUMB * THUMB // 4 else F.interpolate(x[None].float(), scale_factor=2)[0]
+    arr = x.to(torch.uint8).numpy()
+    im = Image.fromarray(arr[0]) if len(arr) == 1 else Image.fromarray(arr.transpose(1, 2, 0))
+    im.thumbnail((THUMB, THUMB))
+    buf = io.BytesIO()
+    im.save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def _balance(task: Task, data: dict[str, Split]) -> dict[str, Any]:
+    """How much each split holds of each class (images, or shares of pixels), and weights for the training
+    split's classes that make each class count alike (n / (k * amount)), as a weighted loss takes them."""
+    amounts = {s: task.class_balance(d) for s, d in data.items() if len(d)}
+    train = torch.tensor(amounts["train"], dtype=torch.float64)
+    weights = (train.sum() / (len(train) * train.clamp_min(1e-9))).tolist()
+    return {"classes": list(task.classes), "unit": task.balance_unit, "amounts": amounts, "suggested_weights": weights}
+
+
+def run_check(
+    cfg: RunConfig, out: Path, *, source: str, progress: bool = True, threshold: float | None = None
+) -> Findings:
+    """Check the data `cfg` names (its splits as a run would make them) and write check.json (and a
+    groups.csv when duplicates need one) into `out`."""
+    started = time.perf_counter()
+    task = get_task(cfg)
+    cfg.data.skip_bad = True  # a bad file is a finding here, not the end
+    data = {k: v for k, v in task.load_data(cfg, progress).items() if k in SPLITS}
+    loaded = time.perf_counter()
+    where = [(s, i) for s in SPLITS for i in range(len(data[s]))]
+    # Built-in sets without file names are named by split and row.
+    names = [n for s in SPLITS for n in (data[s].names or [f"{s}/{i}" for i in range(len(data[s]))])]
+    digests = [d for s in SPLITS for d in pixel_digests(data[s].x)]
+
+    exact = dup.connected(len(names), dup.exact_pairs(digests))
+    kind = dup.embedding_kind(task, data["train"].x)
+    emb = torch.cat([dup.embed(task, data[s].x, kind, progress) for s in SPLITS if len(data[s])])
+    if kind == "backbone":
+        emb = F.normalize(emb - emb.mean(0), dim=1)
+    strict, loose = dup.THRESHOLDS[kind]
+    threshold = strict if threshold is None else threshold
+    coarse = None
+    if kind == "pixels":
+        coarse = torch.cat([dup.pixel_rows(data[s].x, dup.COARSE_SIDE) for s in SPLITS if len(data[s])])
+    found = dup.near_pairs(emb, min(threshold, loose), coarse, progress)
+    found = [p for p in found if digests[p[0]] != digests[p[1]]]
+    near = [p for p in found if p[2] >= threshold]
+    exact_pairs = dup.exact_pairs(digests)
+    pairs = exact_pairs + [(i, j) for i, j, _ in near]
+    groups = dup.connected(len(names), pairs)
+    searched = time.perf_counter()
+
+    across = _across(pairs, where)
+    across_loose = _across(exact_pairs + [(i, j) for i, j, _ in found], where)
+    by = [task.stratify_by(data[s]) for s in SPLITS]
+    labels = None if by[0] is None else torch.cat(by)
+    random = random_split_leak(len(names), pairs, labels, cfg.data.val_fraction or 0.1, cfg.train.seed)
+    rule = suggest_rule(names, pairs)
+
+    def member(i: int, sim: float | None = None) -> dict[str, Any]:
+        row = {"split": where[i][0], "index": where[i][1], "name": names[i]}
+        return row | ({"similarity": round(sim, 4)} if sim is not None else {})
+
+    report = {
+        "source": source,
+        "task": cfg.task,
+        "kind": task.kind,
+        "images": {s: len(data[s]) for s in SPLITS},
+        "skipped_files": list(getattr(task, "skipped", [])),
+        "duplicates": {
+            "embedding": kind,
+            "threshold": threshold,
+            "exact_groups": [[member(i) for i in g] for g in exact],
+            "near_pairs": [[member(i), member(j), round(s, 4)] for i, j, s in near],
+            "groups": [[member(i) for i in g] for g in _cross_first(groups, where)],
+            "across_splits": across,
+            "loose_threshold": min(threshold, loose),
+            "across_splits_loose": across_loose,
+            "random_split": random,
+            "rule": rule,
+        },
+        "balance": _balance(task, data),
+    }
+    if cfg.data.dir is not None:
+        report["files"] = check_files(Path(cfg.data.dir), progress)
+    report["seconds"] = {
+        "load": round(loaded - started, 2),
+        "duplicates": round(searched - loaded, 2),
+        "total": round(time.perf_counter() - started, 2),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    if pairs and rule is None and cfg.data.dir is not None:
+        report["duplicates"]["groups_csv"] = str(_write_groups(out / "groups.csv", names, groups, cfg.data.dir))
+    write_json(out / "check.json", report)
+    shown = {i for g in _cross_first(groups, where)[:SHOWN] for i in g} | {i for g in exact[:SHOWN] for i in g}
+    thumbs = {f"{where[i][0]}/{where[i][1]}": _thumb(data[where[i][0]].x[where[i][1]]) for i in sorted(shown)}
+    return Findings(report, out, thumbs)
+
+
+def _across(pairs: list[tuple[int, int]], where: list[tuple[str, int]]) -> dict[str, int]:
+    """For each later split and each earlier one, how many of the later's images have a duplicate there."""
+    out = {}
+    for a in SPLITS[1:]:
+        for b in SPLITS[: SPLITS.index(a)]:
+            partner = {x for i, j in pairs for x, y in ((i, j), (j, i)) if where[x][0] == a and where[y][0] == b}
+            out[f"{a} in {b}"] = len(partner)
+    return out
+
+
+def _cross_first(groups: list[list[int]], where: list[tuple[str, int]]) -> list[list[int]]:
+    """Groups that span splits (leaks) before those within one split; larger first within each."""
+    return sorted(groups, key=lambda g: (len({where[i][0] for i in g}) == 1, -len(g)))
+
+
+def _write_groups(path: Path, names: list[str], groups: list[list[int]], root: str | None) -> Path:
+    """file,group rows for `data.group_key: csv`: the duplicates found share a group, every other image
+    is its own."""
+    group = {i: f"g{n}" for n, g in enumerate(groups) for i in g}
+    base = Path(root) if root else None
+
+    def rel(name: str) -> str:
+        p = Path(name)
+        return p.relative_to(base).as_posix() if base and p.is_absolute() and p.is_relative_to(base) else name
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(["file", "group"])
+            w.writerows([rel(n), group.get(i, f"i{i}")] for i, n in enumerate(names))
+
+    atomic_write(path, write)
+    return path
+
+
+def summary(report: dict[str, Any]) -> list[str]:
+    """The console's one screen: each finding in a line, with what to do about it."""
+    d, images = report["duplicates"], report["images"]
+    lines = [
+        f"{report['source']}: {sum(images.values()):,} images ({', '.join(f'{k} {v:,}' for k, v in images.items())}), "
+        f"checked in {report['seconds']['total']:.1f} s",
+        f"exact duplicates: {len(d['exact_groups'])} groups; near duplicates ({d['embedding']}, similarity >= "
+        f"{d['threshold']}): {len(d['near_pairs'])} pairs; {len(d['groups'])} groups in all",
+        "across splits: " + ", ".join(f"{k} {v}" for k, v in d["across_splits"].items())
+        + f" (at >= {d['loose_threshold']}: " + ", ".join(f"{v}" for v in d["across_splits_loose"].values()) + ")",
+    ]  # fmt: skip
+    r = d["random_split"]
+    lines.append(f"a random split would leak {r['leaked']} of {r['val_images']} validation images")
+    if d["rule"]:
+        rule = d["rule"]
+        lines.append(
+            f"rule: --set data.group_key={rule['rule']} keeps {rule['keeps']:.1%} of duplicate pairs together "
+            f"({rule['groups']} groups)"
+        )
+    elif d["groups"]:
+        where = f"; {d['groups_csv']} holds the groups (copy it to DIR/groups.csv, data.group_key=csv)"
+        lines.append("rule: no rule found" + (where if d.get("groups_csv") else ""))
+    if files := report.get("files"):
+        kinds = Counter(i["problem"].split(":")[0].split(" (")[0] for i in files["issues"])
+        found = ", ".join(f"{k} {v}" for k, v in kinds.most_common()) or "none"
+        lines.append(f"files: {files['files']:,} checked; problems: {found}")
+    if report["skipped_files"]:
+        lines.append(f"training would skip {len(report['skipped_files'])} unreadable files")
+    bal = report["balance"]
+    if bal["unit"] == "images":
+        train = bal["amounts"]["train"]
+        lines.append(f"classes: {min(train):,} to {max(train):,} training images a class")
+    return lines

@@ -1,0 +1,131 @@
+"""check.html: what `cnnlab check` found, in the house style. Groups of duplicates as thumbnails (those
+that cross splits first), the split rule, file problems and class balance as tables that sort when a
+column's header is clicked (the page's one script; without it the tables read as they are)."""
+
+from __future__ import annotations
+
+from html import escape
+from pathlib import Path
+from typing import Any
+
+from .html import _card, _data_uri, _kv_table, _page, _write
+
+SHOWN = 60  # groups drawn; check.json lists them all
+CSS = """
+.groups{display:flex;flex-direction:column;gap:.6rem}
+.group{display:flex;flex-wrap:wrap;gap:.5rem;align-items:flex-start;border-bottom:1px solid #ddd;padding-bottom:.5rem}
+.group figure{margin:0;max-width:110px;font-size:.75rem;word-break:break-all}
+.group img{image-rendering:pixelated;display:block;border:1px solid #ccc}
+.group .cross{color:#b00;font-weight:600}
+th.sort{cursor:pointer} th.sort::after{content:" \\2195";color:#999}
+"""
+SORT_JS = """<script>
+for (const th of document.querySelectorAll("th.sort")) th.addEventListener("click", () => {
+  const table = th.closest("table"), body = table.tBodies[0], col = th.cellIndex;
+  const up = th.dataset.up !== "1"; th.dataset.up = up ? "1" : "0";
+  const key = r => { const t = r.cells[col].textContent.trim(), n = parseFloat(t); return isNaN(n) ? t : n; };
+  [...body.rows].sort((a, b) => { const x = key(a), y = key(b); return (x > y ? 1 : x < y ? -1 : 0) * (up ? 1 : -1); })
+    .forEach(r => body.appendChild(r));
+});
+</script>"""
+
+
+def _table(head: list[str], rows: list[list[str]]) -> str:
+    """A sortable table; cells are HTML already escaped."""
+    th = "".join(f'<th class="sort">{escape(h)}</th>' for h in head)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _groups(groups: list[list[dict[str, Any]]], thumbs: dict[str, bytes], sims: dict[tuple, float]) -> str:
+    if not groups:
+        return "<p>None found.</p>"
+    out = []
+    for g in groups[:SHOWN]:
+        cross = len({m["split"] for m in g}) > 1
+        figs = []
+        for m in g:
+            key = f"{m['split']}/{m['index']}"
+            img = (
+                f'<img src="{_data_uri(thumbs[key], "image/png")}" alt="{escape(m["name"])}">' if key in thumbs else ""
+            )
+            figs.append(
+                f"<figure>{img}<figcaption>{escape(m['split'])}: {escape(Path(m['name']).name)}</figcaption></figure>"
+            )
+        best = max((sims.get((a["split"], a["index"], b["split"], b["index"]), 0.0) for a in g for b in g), default=0.0)
+        label = '<span class="cross">across splits</span>' if cross else "one split"
+        sim = f", similarity up to {best:.3f}" if best else ", identical pixels"
+        out.append(f'<div class="group"><div>{label}<br>{len(g)} images{sim}</div>{"".join(figs)}</div>')
+    more = f"<p>{len(groups) - SHOWN} more in check.json.</p>" if len(groups) > SHOWN else ""
+    return f'<div class="groups">{"".join(out)}</div>{more}'
+
+
+def write_check_page(path: Path, report: dict[str, Any], thumbs: dict[str, bytes]) -> Path:
+    """Write check.html for the findings `report` (as check.json holds them) and their thumbnails."""
+    d = report["duplicates"]
+    sims = {}
+    for a, b, s in d["near_pairs"]:
+        sims[(a["split"], a["index"], b["split"], b["index"])] = s
+        sims[(b["split"], b["index"], a["split"], a["index"])] = s
+    leaks = sum(d["across_splits"].values())
+    random = d["random_split"]
+    files = report.get("files")
+    cards = "".join(
+        [
+            _card(
+                "images",
+                f"{sum(report['images'].values()):,}",
+                ", ".join(f"{k} {v:,}" for k, v in report["images"].items()),
+            ),
+            _card("duplicate groups", f"{len(d['groups']):,}", f"{len(d['exact_groups'])} of identical pixels"),
+            _card("leaks across splits", f"{leaks:,}", "images with a duplicate in an earlier split"),
+            _card("a random split", f"{random['leaked']:,} leaked", f"of {random['val_images']:,} validation images"),
+            _card("file problems", f"{len(files['issues']):,}" if files else "n/a", "" if files else "built-in set"),
+        ]
+    )
+    header = f"<header><h1>cnnlab check: {escape(report['source'])}</h1><div class='cards'>{cards}</div></header>"
+    rule = d["rule"]
+    rule_html = _kv_table(
+        {
+            "near duplicates": f"{d['embedding']} embedding, cosine similarity >= {d['threshold']}",
+            "across splits": ", ".join(f"{k}: {v}" for k, v in d["across_splits"].items()),
+            f"at >= {d['loose_threshold']}": ", ".join(f"{k}: {v}" for k, v in d["across_splits_loose"].items()),
+            "a random split": f"{random['leaked']} of {random['val_images']} validation images have a duplicate in "
+            f"training ({random['val_fraction']:.0%} of {random['of']} images, seed {random['seed']})",
+            "rule": (
+                f"--set data.group_key={rule['rule']} keeps {rule['keeps']:.1%} of the duplicate pairs together "
+                f"({rule['groups']} groups)"
+                if rule
+                else "no rule found"
+                + (f"; {Path(d['groups_csv']).name} beside check.json groups them" if d.get("groups_csv") else "")
+            ),
+        }
+    )
+    bal = report["balance"]
+    counts = bal["amounts"]
+    fmt = (lambda v: f"{v:,}") if bal["unit"] == "images" else (lambda v: f"{v:.2%}")
+    balance = _table(
+        ["class", *counts, "suggested weight"],
+        [
+            [escape(c), *(fmt(counts[s][i]) for s in counts), f"{bal['suggested_weights'][i]:.3f}"]
+            for i, c in enumerate(bal["classes"])
+        ],
+    )
+    sections = [
+        ("duplicates", "Duplicates", _groups(d["groups"], thumbs, sims)),
+        ("split", "Splits and the rule that keeps duplicates together", rule_html),
+        ("balance", f"Class balance ({bal['unit']})", balance),
+    ]
+    if files:
+        rows = [[escape(i["file"]), escape(i["problem"])] for i in files["issues"]]
+        modes = ", ".join(f"{k}: {v}" for k, v in files["modes"].items())
+        text = f"<p>{files['files']:,} files ({escape(modes)}).</p>" + (
+            _table(["file", "problem"], rows) if rows else "<p>No problems.</p>"
+        )
+        sections.append(("files", "Files", text))
+    if report.get("skipped_files"):
+        sections.append(
+            ("skipped", "Files training would skip", _table(["file"], [[escape(f)] for f in report["skipped_files"]]))
+        )
+    page = _page(f"cnnlab check: {report['source']}", header, sections, css=CSS)
+    return _write(path, page.replace("</body>", SORT_JS + "</body>"))
