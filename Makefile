@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP  := $(VENV)/.installed
 
-.PHONY: install system-deps demo test test-slow test-hosts lint clean
+.PHONY: install system-deps demo test test-slow test-hosts test-check lint clean
 
 install: $(STAMP)
 
@@ -43,6 +43,10 @@ test-slow: install
 # torchrun over two hosts made of network namespaces (root): about 4 minutes, so not in `make test`; CI runs it.
 test-hosts: install
 	$(BIN)/pytest -q -m slow tests/test_two_hosts.py
+
+# `cnnlab check` on the whole facade and Fashion-MNIST sets (about 2 minutes on 2 cores); CI runs it.
+test-check: install
+	$(BIN)/pytest -q -m slow tests/test_check.py
 
 lint: install
 	$(BIN)/ruff check src tests
