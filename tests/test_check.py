@@ -153,3 +153,13 @@ def test_fashion_near_copies_between_train_and_test(real_fashion, tmp_path, monk
     assert 15 <= d["across_splits"]["test in train"] <= 25  # 20 measured: one product photo in both
     assert 80 <= d["across_splits_loose"]["test in train"] <= 100  # 89 at 0.99
     assert report["images"] == {"train": 54000, "val": 6000, "test": 10000}
+
+
+def test_a_notebook_shows_the_summary(tmp_path, cache_dir):
+    from cnnlab import api
+
+    folder = make_classify_folder(tmp_path / "data", size=10)
+    found = api.check(folder, tmp_path / "out", progress=False)
+    html = found._repr_html_()
+    assert html.startswith("<pre>") and "a random split would leak 0 of 3 validation images" in html
+    assert f"{tmp_path / 'out' / 'check.html'}" in html and found.leaks == 0
