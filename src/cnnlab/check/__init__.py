@@ -208,8 +208,9 @@ def summary(report: dict[str, Any]) -> list[str]:
             f"({rule['groups']} groups)"
         )
     elif d["groups"]:
-        where = f"; {d['groups_csv']} holds the groups (copy it to DIR/groups.csv, data.group_key=csv)"
-        lines.append("rule: no rule found" + (where if d.get("groups_csv") else ""))
+        csv_file = d.get("groups_csv")
+        where = f"; {csv_file} holds the groups (copy it to DIR/groups.csv, data.group_key=csv)" if csv_file else ""
+        lines.append("rule: no rule found" + where)
     if files := report.get("files"):
         kinds = Counter(i["problem"].split(":")[0].split(" (")[0] for i in files["issues"])
         found = ", ".join(f"{k} {v}" for k, v in kinds.most_common()) or "none"

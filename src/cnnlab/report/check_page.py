@@ -54,7 +54,7 @@ def _groups(groups: list[list[dict[str, Any]]], thumbs: dict[str, bytes], sims: 
             )
         best = max((sims.get((a["split"], a["index"], b["split"], b["index"]), 0.0) for a in g for b in g), default=0.0)
         label = '<span class="cross">across splits</span>' if cross else "one split"
-        sim = f", similarity up to {best:.3f}" if best else ", identical pixels"
+        sim = f", similarity up to {best:.4f}" if best else ", identical pixels"
         out.append(f'<div class="group"><div>{label}<br>{len(g)} images{sim}</div>{"".join(figs)}</div>')
     more = f"<p>{len(groups) - SHOWN} more in check.json.</p>" if len(groups) > SHOWN else ""
     return f'<div class="groups">{"".join(out)}</div>{more}'
