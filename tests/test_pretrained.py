@@ -90,8 +90,10 @@ def test_ship_writes_weights_config_environment_and_card(runs, models_env):
 def test_ship_replaces_and_refuses_bad_input(runs, tmp_path, monkeypatch):
     monkeypatch.setenv(pretrained.ENV_VAR, str(tmp_path / "models"))
     pretrained.ship(runs["fashion"], "m")
-    pretrained.ship(runs["facade"], "m")  # replaces it whole
+    pretrained.ship(runs["facade"], "m", chosen="best of 3 seeds on pooled val + test")  # replaces it whole
     assert load_run_config(tmp_path / "models" / "m").task == "facade"
+    card = json.loads((tmp_path / "models" / "m" / "card.json").read_text())
+    assert card["chosen"] == "best of 3 seeds on pooled val + test"
     assert [p.name for p in (tmp_path / "models").iterdir()] == ["m"]
     with pytest.raises(CheckpointError, match="lower-case"):
         pretrained.ship(runs["fashion"], "../escape")

@@ -104,7 +104,7 @@ def _how_trained(cfg: RunConfig) -> str:
     )
 
 
-def _card_for(run_dir: Path, name: str, cfg: RunConfig, weights: dict[str, Any]) -> dict[str, Any]:
+def _card_for(run_dir: Path, name: str, cfg: RunConfig, weights: dict[str, Any], chosen: str | None) -> dict[str, Any]:
     env = read_json(RunPaths(run_dir).env)
     epochs = [r for r in read_history(run_dir) if r["kind"] == "epoch"]
     task = get_task(cfg)
@@ -129,12 +129,13 @@ def _card_for(run_dir: Path, name: str, cfg: RunConfig, weights: dict[str, Any])
         "cnnlab": env.get("cnnlab"),
         "torch": env.get("torch"),
         "source_run": run_dir.resolve().name,
-    }
+    } | ({"chosen": chosen} if chosen else {})
 
 
-def ship(run_dir: Path, name: str) -> Path:
+def ship(run_dir: Path, name: str, chosen: str | None = None) -> Path:
     """Copy a finished run's best weights, config, environment and a model card into the shipped models
-    as `name`, replacing any model of that name. Returns the shipped folder."""
+    as `name`, replacing any model of that name; `chosen` (the card's "chosen") says how the run was
+    picked. Returns the shipped folder."""
     run_dir = Path(run_dir)
     if not _NAME.fullmatch(name):
         raise CheckpointError(f"model name {name!r}: use lower-case letters, digits, '-' and '_'")
@@ -143,7 +144,7 @@ def ship(run_dir: Path, name: str) -> Path:
     if read_eval(run_dir, "val") is None or not paths.env.is_file():
         raise CheckpointError(f"{run_dir}: not a finished run (no eval_val.json or environment.json); finish it first")
     best = checkpoint.load(paths.best)
-    card = _card_for(run_dir, name, cfg, best["model"])
+    card = _card_for(run_dir, name, cfg, best["model"], chosen)
     root = models_dir()
     target, old = root / name, root / f".{name}.old"
     try:
