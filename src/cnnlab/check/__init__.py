@@ -88,20 +88,10 @@ def run_check(
     names = [n for s in SPLITS for n in (data[s].names or [f"{s}/{i}" for i in range(len(data[s]))])]
     digests = [d for s in SPLITS for d in pixel_digests(data[s].x)]
 
-    exact = dup.connected(len(names), dup.exact_pairs(digests))
-    kind = dup.embedding_kind(task, data["train"].x)
-    emb = torch.cat([dup.embed(task, data[s].x, kind, progress) for s in SPLITS if len(data[s])])
-    if kind == "backbone":
-        emb = F.normalize(emb - emb.mean(0), dim=1)
-    strict, loose = dup.THRESHOLDS[kind]
-    threshold = strict if threshold is None else threshold
-    coarse = None
-    if kind == "pixels":
-        coarse = torch.cat([dup.pixel_rows(data[s].x, dup.COARSE_SIDE) for s in SPLITS if len(data[s])])
-    found = dup.near_pairs(emb, min(threshold, loose), coarse, progress)
-    found = [p for p in found if digests[p[0]] != digests[p[1]]]
-    near = [p for p in found if p[2] >= threshold]
     exact_pairs = dup.exact_pairs(digests)
+    exact = dup.connected(len(names), exact_pairs)
+    kind, threshold, loose, found = _near(task, data, digests, threshold, progress)
+    near = [p for p in found if p[2] >= threshold]
     pairs = exact_pairs + [(i, j) for i, j, _ in near]
     groups = dup.connected(len(names), pairs)
     searched = time.perf_counter()
@@ -110,12 +100,11 @@ def run_check(
     across_loose = _across(exact_pairs + [(i, j) for i, j, _ in found], where)
     by = [task.stratify_by(data[s]) for s in SPLITS]
     labels = None if by[0] is None else torch.cat(by)
-    random = random_split_leak(len(names), pairs, labels, cfg.data.val_fraction or 0.1, cfg.train.seed)
+    random = random_split_leak(len(names), pairs, labels, cfg.data.val_fraction, cfg.train.seed)
     rule = suggest_rule(names, pairs)
 
-    def member(i: int, sim: float | None = None) -> dict[str, Any]:
-        row = {"split": where[i][0], "index": where[i][1], "name": names[i]}
-        return row | ({"similarity": round(sim, 4)} if sim is not None else {})
+    def member(i: int) -> dict[str, Any]:
+        return {"split": where[i][0], "index": where[i][1], "name": names[i]}
 
     report = {
         "source": source,
@@ -130,7 +119,7 @@ def run_check(
             "near_pairs": [[member(i), member(j), round(s, 4)] for i, j, s in near],
             "groups": [[member(i) for i in g] for g in _cross_first(groups, where)],
             "across_splits": across,
-            "loose_threshold": min(threshold, loose),
+            "loose_threshold": loose,
             "across_splits_loose": across_loose,
             "random_split": random,
             "rule": rule,
@@ -151,6 +140,26 @@ def run_check(
     shown = {i for g in _cross_first(groups, where)[:SHOWN] for i in g} | {i for g in exact[:SHOWN] for i in g}
     thumbs = {f"{where[i][0]}/{where[i][1]}": _thumb(data[where[i][0]].x[where[i][1]]) for i in sorted(shown)}
     return Findings(report, out, thumbs)
+
+
+def _near(
+    task: Task, data: dict[str, Split], digests: list[bytes], threshold: float | None, progress: bool
+) -> tuple[str, float, float, list[tuple[int, int, float]]]:
+    """(embedding kind, threshold, loose threshold, pairs at the loose one) of the near duplicates among
+    all splits pooled; pairs of identical pixels are left to the exact ones."""
+    kind = dup.embedding_kind(task, data["train"].x)
+    splits = [data[s].x for s in SPLITS if len(data[s])]
+    emb = torch.cat([dup.embed(task, x, kind, progress) for x in splits])
+    coarse = None
+    if kind == "backbone":
+        emb = F.normalize(emb - emb.mean(0), dim=1)
+    else:
+        coarse = torch.cat([dup.pixel_rows(x, dup.COARSE_SIDE) for x in splits])
+    strict, loose = dup.THRESHOLDS[kind]
+    threshold = strict if threshold is None else threshold
+    loose = min(threshold, loose)
+    found = dup.near_pairs(emb, loose, coarse, progress)
+    return kind, threshold, loose, [p for p in found if digests[p[0]] != digests[p[1]]]
 
 
 def _across(pairs: list[tuple[int, int]], where: list[tuple[str, int]]) -> dict[str, int]:
