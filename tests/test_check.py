@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_classify_folder, one_error_line, run_cli
+from conftest import make_classify_folder, make_segment_folder, one_error_line, run_cli
 from PIL import Image
 
 from cnnlab.check.duplicates import connected, near_pairs, pixel_rows
@@ -48,7 +48,8 @@ def test_planted_problems_are_each_found_and_strict_fails_on_the_leak(tmp_path, 
     folder = _planted(tmp_path / "photos")
     before = _tree(tmp_path)
     out = tmp_path / "checked"
-    code, stdout, _ = run_cli(monkeypatch, capsys, "check", folder, "--out", out, "--no-progress", "--strict")
+    monkeypatch.chdir(tmp_path)  # the folder named relative to here, as people type it
+    code, stdout, _ = run_cli(monkeypatch, capsys, "check", "photos", "--out", out, "--no-progress", "--strict")
     assert code == 1, stdout  # a training image copied into test: the splits leak
     assert _tree(tmp_path) - before == {out, out / "check.json", out / "check.html", out / "groups.csv"}
     rows = dict(line.split(",") for line in (out / "groups.csv").read_text().splitlines()[1:])
@@ -69,12 +70,29 @@ def test_planted_problems_are_each_found_and_strict_fails_on_the_leak(tmp_path, 
     counts = report["balance"]["amounts"]  # the truncated file left out, a tenth of each class carved for val
     assert [t + v for t, v in zip(counts["train"], counts["val"], strict=True)] == [9, 8, 10]
     assert counts["val"] == [1, 1, 1] and counts["test"] == [4, 3, 3]
-    assert "test in train 1" in stdout and "truncated or corrupt 1" in stdout
+    assert "test in train 1" in stdout and "problems: " in stdout and "truncated 1" in stdout
+    assert {i["kind"] for i in report["files"]["issues"]} == {"truncated", "CMYK", "16-bit", "near-blank"}
     page = (out / "check.html").read_text()
     assert page.count('src="data:image/png;base64,') >= 2 and "across splits" in page and "copy_of_a0.png" in page
 
     code, _, _ = run_cli(monkeypatch, capsys, "check", folder, "--out", out, "--no-progress")
     assert code == 0  # findings alone do not fail
+
+
+def test_a_segmentation_folder_gets_no_groups_csv_it_could_not_use(tmp_path, cache_dir, monkeypatch, capsys):
+    folder = make_segment_folder(tmp_path / "seg", n=8)
+    for sub in ("images", "masks"):
+        shutil.copy(folder / sub / "s0.png", folder / sub / "s8.png")
+    out = tmp_path / "out"
+    (out).mkdir()
+    (out / "groups.csv").write_text("file,group\n")  # an earlier check's, now stale
+    code, stdout, _ = run_cli(monkeypatch, capsys, "check", folder, "--out", out, "--no-progress")
+    assert code == 0
+    report = json.loads((out / "check.json").read_text())
+    [group] = report["duplicates"]["exact_groups"]
+    assert sorted(m["name"] for m in group) == ["s0", "s8"]
+    assert report["balance"]["unit"] == "share of pixels" and "groups_csv" not in report["duplicates"]
+    assert not (out / "groups.csv").exists() and "groups.csv" not in stdout
 
 
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, cache_dir, monkeypatch, capsys):
@@ -90,6 +108,11 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, cache_dir, monkeypat
     args = ["classify", "train", "--data", folder, "--recipe", "small", "--epochs", "1", "--report", "none"]
     code, _, err = run_cli(monkeypatch, capsys, *args, "--out", run, "--no-progress")
     assert code == 0, err
+    code, _, err = run_cli(monkeypatch, capsys, "check", run, "--out", out, "--set", "data.val_fraction=0.3")
+    one_error_line(code, err, "a run folder is checked as it was split")
+    for bad in ("nan", "0.2", "1.5"):
+        code, _, err = run_cli(monkeypatch, capsys, "check", folder, "--out", out, "--threshold", bad)
+        one_error_line(code, err, f"threshold {float(bad)}: give a cosine similarity from 0.5 to 1")
     folder.rename(tmp_path / "moved")
     code, _, err = run_cli(monkeypatch, capsys, "check", run, "--out", out)
     one_error_line(code, err, "its data folder", "is gone (moved?)")

@@ -72,8 +72,8 @@ def test_without_a_group_key_copies_across_the_split_are_one_warning(tmp_path):
     assert copies > 0 and len(said) == 1
     assert re.fullmatch(
         rf"{re.escape(str(folder))}: {copies} of {len(data['val'])} validation images have an exact copy in "
-        r"train, so those splits overstate accuracy; remove them, or set data.group_key so one scene stays on "
-        r"one side \(`cnnlab check` lists them\)",
+        r"train, so those splits overstate accuracy; remove the copies, or keep each scene on one side with "
+        r"data.group_key \(`cnnlab check` lists them and finds the rule\)",
         said[0],
     ), said[0]
     _, _, said = _load(_scenes(tmp_path / "distinct", copies=False))  # shots that differ: no warning

@@ -354,13 +354,17 @@ def check(
     `data`: a built-in dataset ("fashion", "facade"), a folder of either kind (DIR/<class>/* for
     classify; DIR/images, DIR/masks and classes.yaml for segment), or a run folder (its data and split).
     """
-    from .check import run_check
+    from .check import run_check, save
     from .report.check_page import write_check_page
 
+    if threshold is not None and not 0.5 <= threshold <= 1:  # written so that NaN fails too
+        raise ConfigError(f"threshold {threshold}: give a cosine similarity from 0.5 to 1 (1: identical)")
     cfg, name = _check_config(data, overrides)
     folder = check_dir(Path(out) if out is not None else Path("runs") / f"check-{name}", "--out")
     found = run_check(cfg, folder, source=str(data), progress=progress, threshold=threshold)
+    folder.mkdir(parents=True, exist_ok=True)
     write_check_page(folder / "check.html", found.report, found.thumbs)
+    save(found)  # check.json last: a folder with one holds a whole check
     return found
 
 
@@ -370,6 +374,8 @@ def _check_config(data: str | Path, overrides: Sequence[str]) -> tuple[RunConfig
         return load_config(data, TASKS[data].default_recipe, list(overrides)), data
     path = Path(data).expanduser()
     if (path / "config.yaml").is_file():
+        if overrides:
+            raise ConfigError(f"{path}: a run folder is checked as it was split; --set is for a data set")
         cfg = runs.load_run_config(path)
         if cfg.data.dir is not None and not Path(cfg.data.dir).is_dir():
             raise CnnlabError(
@@ -379,5 +385,7 @@ def _check_config(data: str | Path, overrides: Sequence[str]) -> tuple[RunConfig
     if not path.is_dir():
         names = ", ".join(t for t, info in TASKS.items() if info.builtin)
         raise CnnlabError(f"{data}: no such folder; give a folder of images, a run folder or one of {names}")
-    task = "segment" if (path / "images").is_dir() or (path / "classes.yaml").is_file() else "classify"
+    # classes.yaml (or images/ beside masks/) makes a segmentation folder; a class may be called "images".
+    masks = (path / "classes.yaml").is_file() or ((path / "images").is_dir() and (path / "masks").is_dir())
+    task = "segment" if masks else "classify"
     return load_config(task, TASKS[task].default_recipe, [f"data.dir={path}", *overrides]), path.resolve().name

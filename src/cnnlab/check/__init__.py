@@ -32,17 +32,21 @@ from .rules import random_split_leak, suggest_rule
 
 SPLITS = ("train", "val", "test")
 SHOWN = 60  # groups with thumbnails on the page (check.json lists all)
+SHOWN_MEMBERS = 12  # thumbnails of one group: a cluster of thousands of blank frames needs no more
+MAX_PAIRS = 10_000  # near pairs listed in check.json, most similar first (the counts cover all)
 THUMB = 96  # px, the longer side of a thumbnail
 
 
 @dataclass
 class Findings:
     """What `cnnlab check` found: `report` as check.json holds it (in `folder`), `thumbs` PNGs of the images its
-    groups name (key "split/index"), `leaks` the duplicate pairs that cross splits."""
+    groups name (key "split/index"), `groups_csv` rows for data.group_key=csv where no rule was found,
+    `leaks` the images with a duplicate in an earlier split."""
 
     report: dict[str, Any]
     folder: Path
     thumbs: dict[str, bytes] = field(default_factory=dict)
+    groups_csv: list[list[str]] | None = None
 
     @property
     def leaks(self) -> int:
@@ -68,15 +72,16 @@ def _balance(task: Task, data: dict[str, Split]) -> dict[str, Any]:
     split's classes that make each class count alike (n / (k * amount)), as a weighted loss takes them."""
     amounts = {s: task.class_balance(d) for s, d in data.items() if len(d)}
     train = torch.tensor(amounts["train"], dtype=torch.float64)
-    weights = (train.sum() / (len(train) * train.clamp_min(1e-9))).tolist()
+    # A class without training data gets no weight: there is nothing of it to weigh.
+    weights = torch.where(train > 0, train.sum() / (len(train) * train.clamp_min(1e-12)), 0.0).tolist()
     return {"classes": list(task.classes), "unit": task.balance_unit, "amounts": amounts, "suggested_weights": weights}
 
 
 def run_check(
     cfg: RunConfig, out: Path, *, source: str, progress: bool = True, threshold: float | None = None
 ) -> Findings:
-    """Check the data `cfg` names (its splits as a run would make them) and write check.json (and a
-    groups.csv when duplicates need one) into `out`."""
+    """Check the data `cfg` names (its splits as a run would make them); `save` writes the findings into
+    `out`."""
     started = time.perf_counter()
     task = get_task(cfg)
     cfg.data.skip_bad = True  # a bad file is a finding here, not the end
@@ -116,7 +121,8 @@ def run_check(
             "embedding": kind,
             "threshold": threshold,
             "exact_groups": [[member(i) for i in g] for g in exact],
-            "near_pairs": [[member(i), member(j), round(s, 4)] for i, j, s in near],
+            "near_pairs": [[member(i), member(j), round(s, 4)] for i, j, s in near[:MAX_PAIRS]],
+            "near_pair_count": len(near),
             "groups": [[member(i) for i in g] for g in _cross_first(groups, where)],
             "across_splits": across,
             "loose_threshold": loose,
@@ -133,13 +139,16 @@ def run_check(
         "duplicates": round(searched - loaded, 2),
         "total": round(time.perf_counter() - started, 2),
     }
-    out.mkdir(parents=True, exist_ok=True)
-    if pairs and rule is None and cfg.data.dir is not None:
-        report["duplicates"]["groups_csv"] = str(_write_groups(out / "groups.csv", names, groups, cfg.data.dir))
-    write_json(out / "check.json", report)
-    shown = {i for g in _cross_first(groups, where)[:SHOWN] for i in g} | {i for g in exact[:SHOWN] for i in g}
-    thumbs = {f"{where[i][0]}/{where[i][1]}": _thumb(data[where[i][0]].x[where[i][1]]) for i in sorted(shown)}
-    return Findings(report, out, thumbs)
+    rows = None
+    if pairs and rule is None and task.groups_csv and cfg.data.dir is not None:
+        rows = _group_rows(names, groups, cfg.data.dir)
+        report["duplicates"]["groups_csv"] = str(out / "groups.csv")
+    shown = [g[:SHOWN_MEMBERS] for g in [*_cross_first(groups, where)[:SHOWN], *exact[:SHOWN]]]
+    thumbs = {
+        f"{where[i][0]}/{where[i][1]}": _thumb(data[where[i][0]].x[where[i][1]])
+        for i in sorted({i for g in shown for i in g})
+    }
+    return Findings(report, out, thumbs, rows)
 
 
 def _near(
@@ -177,24 +186,35 @@ def _cross_first(groups: list[list[int]], where: list[tuple[str, int]]) -> list[
     return sorted(groups, key=lambda g: (len({where[i][0] for i in g}) == 1, -len(g)))
 
 
-def _write_groups(path: Path, names: list[str], groups: list[list[int]], root: str | None) -> Path:
+def _group_rows(names: list[str], groups: list[list[int]], root: str) -> list[list[str]]:
     """file,group rows for `data.group_key: csv`: the duplicates found share a group, every other image
-    is its own."""
+    is its own; files relative to the data folder."""
     group = {i: f"g{n}" for n, g in enumerate(groups) for i in g}
-    base = Path(root) if root else None
+    base = Path(root).resolve()
 
     def rel(name: str) -> str:
-        p = Path(name)
-        return p.relative_to(base).as_posix() if base and p.is_absolute() and p.is_relative_to(base) else name
+        p = Path(name).resolve()
+        return p.relative_to(base).as_posix() if p.is_relative_to(base) else name
 
-    def write(tmp: Path) -> None:
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            w = csv.writer(f)
-            w.writerow(["file", "group"])
-            w.writerows([rel(n), group.get(i, f"i{i}")] for i, n in enumerate(names))
+    return [[rel(n), group.get(i, f"i{i}")] for i, n in enumerate(names)]
 
-    atomic_write(path, write)
-    return path
+
+def save(found: Findings) -> None:
+    """Write groups.csv (where the findings have one; an earlier check's is removed) and check.json, last,
+    into the findings' folder."""
+    path = found.folder / "groups.csv"
+    if found.groups_csv is None:
+        path.unlink(missing_ok=True)
+    else:
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "w", newline="", encoding="utf-8") as f:
+                w = csv.writer(f)
+                w.writerow(["file", "group"])
+                w.writerows(found.groups_csv)
+
+        atomic_write(path, write)
+    write_json(found.folder / "check.json", found.report)
 
 
 def summary(report: dict[str, Any]) -> list[str]:
@@ -204,7 +224,7 @@ def summary(report: dict[str, Any]) -> list[str]:
         f"{report['source']}: {sum(images.values()):,} images ({', '.join(f'{k} {v:,}' for k, v in images.items())}), "
         f"checked in {report['seconds']['total']:.1f} s",
         f"exact duplicates: {len(d['exact_groups'])} groups; near duplicates ({d['embedding']}, similarity >= "
-        f"{d['threshold']}): {len(d['near_pairs'])} pairs; {len(d['groups'])} groups in all",
+        f"{d['threshold']}): {d['near_pair_count']} pairs; {len(d['groups'])} groups in all",
         "across splits: " + ", ".join(f"{k} {v}" for k, v in d["across_splits"].items())
         + f" (at >= {d['loose_threshold']}: " + ", ".join(f"{v}" for v in d["across_splits_loose"].values()) + ")",
     ]  # fmt: skip
@@ -221,7 +241,7 @@ def summary(report: dict[str, Any]) -> list[str]:
         where = f"; {csv_file} holds the groups (copy it to DIR/groups.csv, data.group_key=csv)" if csv_file else ""
         lines.append("rule: no rule found" + where)
     if files := report.get("files"):
-        kinds = Counter(i["problem"].split(":")[0].split(" (")[0] for i in files["issues"])
+        kinds = Counter(i["kind"] for i in files["issues"])
         found = ", ".join(f"{k} {v}" for k, v in kinds.most_common()) or "none"
         lines.append(f"files: {files['files']:,} checked; problems: {found}")
     if report["skipped_files"]:

@@ -13,6 +13,7 @@ Near duplicates are found by nearest neighbours in an embedding, a chunk of rows
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 
 import torch
@@ -26,7 +27,8 @@ from ..models.transfer import LiteNet
 from ..outputs import progress_over
 from ..tasks import Task
 
-CHUNK = 1024  # rows compared against all at a time: 1024 x 70,000 similarities is 290 MB
+SIM_BYTES = 300 << 20  # similarities held at a time: 1,024 rows against 70,000 images
+PIXEL_BYTES = 64 << 20  # images converted to float at a time
 NEIGHBOURS = 20  # candidates kept per image; a larger cluster still joins through them
 PHOTO_SIDE = 32
 PIXEL_SIDE, COARSE_SIDE = 32, 16
@@ -72,8 +74,9 @@ def embed(task: Task, x: Images, kind: str, progress: bool) -> torch.Tensor:
 def pixel_rows(x: Images, side: int) -> torch.Tensor:
     """Each image in grey, area-resized to at most `side` px square, centred and scaled to unit length."""
     rows = []
-    for i in range(0, len(x), CHUNK * 8):
-        b = x[i : i + CHUNK * 8].float().mean(1, keepdim=True)
+    step = max(1, PIXEL_BYTES // (4 * math.prod(x.shape[1:])))
+    for i in range(0, len(x), step):
+        b = x[i : i + step].float().mean(1, keepdim=True)
         if max(b.shape[-2:]) > side:
             b = F.interpolate(b, size=(side, side), mode="area")
         b = b.flatten(1)
@@ -89,12 +92,13 @@ def near_pairs(
     and are scored on `emb`."""
     n = len(emb)
     k = min(NEIGHBOURS, n - 1)
+    chunk = max(16, SIM_BYTES // (4 * n))
     search, floor = (emb, threshold) if coarse is None else (coarse, threshold - COARSE_MARGIN)
     found: dict[tuple[int, int], float] = {}
     if k < 1:
         return []
-    for start in progress_over(range(0, n, CHUNK), "check: near duplicates", progress, total=-(-n // CHUNK)):
-        sim = search[start : start + CHUNK] @ search.T
+    for start in progress_over(range(0, n, chunk), "check: near duplicates", progress, total=-(-n // chunk)):
+        sim = search[start : start + chunk] @ search.T
         rows = torch.arange(len(sim))
         sim[rows, start + rows] = -2.0  # not itself
         vals, idx = sim.topk(k, dim=1)

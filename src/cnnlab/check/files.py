@@ -4,13 +4,14 @@ and sizes or aspect ratios far from the rest."""
 
 from __future__ import annotations
 
+import os
 import statistics
 import warnings
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from ..data.images import SUFFIXES
 from ..outputs import progress_over
@@ -23,18 +24,16 @@ _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
 def image_files(root: Path) -> list[Path]:
-    """Every image file under `root` by suffix, label maps (in masks/ folders) left out."""
-    return sorted(
-        p
-        for p in root.rglob("*")
-        if p.suffix.lower() in SUFFIXES
-        and p.parent.name != "masks"
-        and not any(part.startswith(".") for part in p.relative_to(root).parts)
-    )
+    """Every image file under `root` by suffix, label maps (in masks/ folders) and hidden folders left out."""
+    found = []
+    for folder, subs, names in os.walk(root):
+        subs[:] = sorted(d for d in subs if not d.startswith(".") and d != "masks")
+        found += [Path(folder) / n for n in names if Path(n).suffix.lower() in SUFFIXES and not n.startswith(".")]
+    return sorted(found)
 
 
-def _inspect(path: Path) -> tuple[dict | None, list[str]]:
-    """(facts, problems) of one file; facts None when it does not open as an image."""
+def _inspect(path: Path) -> tuple[dict | None, list[tuple[str, str]]]:
+    """(facts, [(kind, problem)]) of one file; facts None when it does not open as an image."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -42,15 +41,25 @@ def _inspect(path: Path) -> tuple[dict | None, list[str]]:
                 facts = {"width": im.width, "height": im.height, "mode": im.mode, "format": im.format}
                 problems = []
                 if im.mode == "CMYK":
-                    problems.append("CMYK colours: converted to RGB when read, colours may shift; save as RGB")
+                    problems.append(
+                        ("CMYK", "CMYK colours: converted to RGB when read, colours may shift; save as RGB")
+                    )
                 if im.mode in _SIXTEEN_BIT:
-                    problems.append("16-bit pixels: scaled to 8 bits when read; save as 8-bit")
+                    problems.append(("16-bit", "16-bit pixels: scaled to 8 bits when read; save as 8-bit"))
                 if (o := im.getexif().get(_EXIF_ORIENTATION, 1)) not in (1, None):
-                    problems.append(f"EXIF-rotated (orientation {o}): cnnlab turns it upright, other tools may not")
+                    problems.append(
+                        (
+                            "EXIF-rotated",
+                            f"EXIF-rotated (orientation {o}): cnnlab turns it upright, other tools may not",
+                        )
+                    )
                 try:
                     im.load()
                 except (OSError, SyntaxError, ValueError) as e:
-                    return facts, [*problems, f"truncated or corrupt ({' '.join(str(e).split())}); replace it"]
+                    return facts, [
+                        *problems,
+                        ("truncated", f"truncated or corrupt ({' '.join(str(e).split())}); replace it"),
+                    ]
                 if im.mode in _SIXTEEN_BIT:
                     grey = np.asarray(im, dtype=np.float32) / 256
                 else:
@@ -58,10 +67,10 @@ def _inspect(path: Path) -> tuple[dict | None, list[str]]:
                     small.thumbnail((64, 64))
                     grey = np.asarray(small, dtype=np.float32)
                 if float(grey.std()) < BLANK_STD:
-                    problems.append("near-blank: one colour throughout; remove it")
+                    problems.append(("near-blank", "near-blank: one colour throughout; remove it"))
                 return facts, problems
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError):
-        return None, ["not a readable image; replace or remove it"]
+    except Exception:  # whatever a malformed file makes PIL raise, it is a finding here, not the end
+        return None, [("unreadable", "not a readable image; replace or remove it")]
 
 
 def check_files(root: Path, progress: bool) -> dict:
@@ -74,13 +83,14 @@ def check_files(root: Path, progress: bool) -> dict:
         if facts is not None:
             modes[f"{facts['format']} {facts['mode']}"] += 1
             sizes[path] = (facts["width"], facts["height"])
-        issues += [{"file": str(path), "problem": p} for p in problems]
+        issues += [{"file": str(path), "kind": k, "problem": p} for k, p in problems]
     if sizes:
         area = statistics.median(w * h for w, h in sizes.values())
         aspect = statistics.median(w / h for w, h in sizes.values())
         for path, (w, h) in sizes.items():
             if not area / SIZE_FACTOR <= w * h <= area * SIZE_FACTOR:
-                issues.append({"file": str(path), "problem": f"{w}x{h}: size far from most images' ({area:.0f} px)"})
+                problem = f"{w}x{h}: size far from most images' ({area:.0f} px)"
+                issues.append({"file": str(path), "kind": "odd size", "problem": problem})
             elif not aspect / ASPECT_FACTOR <= w / h <= aspect * ASPECT_FACTOR:
                 issues.append(
                     {"file": str(path), "problem": f"{w}x{h}: aspect ratio far from most images' ({aspect:.2f})"}

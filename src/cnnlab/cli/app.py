@@ -91,8 +91,6 @@ def check(
     threshold: float | None = typer.Option(
         None,
         "--threshold",
-        min=-1.0,
-        max=1.0,
         help="Cosine similarity from which images count as near duplicates (default: the embedding's).",
     ),
     overrides: list[str] = typer.Option(

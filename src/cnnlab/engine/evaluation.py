@@ -91,14 +91,9 @@ def warn_of_copies(data: dict[str, Batchable], cfg: RunConfig) -> None:
             name = "validation" if later == "val" else "test"
             said.append(f"{copies} of {len(data[later])} {name} images have an exact copy in {earlier}")
     if said:
-        fix = (
-            "remove the copies"
-            if cfg.data.group_key
-            else "remove them, or set data.group_key so one scene stays on one side"
-        )
         warnings.warn(
-            f"{cfg.data.dir or cfg.task}: {'; '.join(said)}, so those splits overstate accuracy; {fix} "
-            "(`cnnlab check` lists them)",
+            f"{cfg.data.dir or cfg.task}: {'; '.join(said)}, so those splits overstate accuracy; remove the "
+            "copies, or keep each scene on one side with data.group_key (`cnnlab check` lists them and finds the rule)",
             CnnlabWarning,
             stacklevel=2,
         )

@@ -10,6 +10,7 @@ trains on rows of that table. A second run on the same folder reads them in a se
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -58,7 +59,8 @@ def backbone_digest(net: torch.nn.Module, task: Task, rt: Runtime, model: str) -
 
 def images_digest(x: Images) -> str:
     """The images' bytes, hashed a slice at a time (a memory-mapped folder is never read whole)."""
-    return _digest(x[i : i + 4096] for i in range(0, len(x), 4096))
+    step = max(1, (64 << 20) // max(1, math.prod(x.shape[1:])))  # 64 MB of pixels at a time
+    return _digest(x[i : i + step] for i in range(0, len(x), step))
 
 
 @torch.inference_mode()

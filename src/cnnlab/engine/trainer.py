@@ -68,7 +68,8 @@ class Trainer:
         started = resume and (self.paths.last.exists() or self.paths.last.with_suffix(".prev").exists())
         self.net = self.task.build_model(cfg, init=not started).to(self.rt.device)
         check_training_data(self.data, self.net, self.cfg)
-        warn_of_copies(self.data, self.cfg)
+        if self.dist.main:  # one line, not one per process
+            warn_of_copies(self.data, self.cfg)
         if self.rt.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.model = self.net if self.dist.world == 1 else DistributedDataParallel(self.net)

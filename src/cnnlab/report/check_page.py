@@ -11,6 +11,7 @@ from typing import Any
 from .html import _card, _data_uri, _kv_table, _page, _write
 
 SHOWN = 60  # groups drawn; check.json lists them all
+SHOWN_MEMBERS = 12  # images drawn of one group
 CSS = """
 .groups{display:flex;flex-direction:column;gap:.6rem}
 .group{display:flex;flex-wrap:wrap;gap:.5rem;align-items:flex-start;border-bottom:1px solid #ddd;padding-bottom:.5rem}
@@ -23,7 +24,10 @@ SORT_JS = """<script>
 for (const th of document.querySelectorAll("th.sort")) th.addEventListener("click", () => {
   const table = th.closest("table"), body = table.tBodies[0], col = th.cellIndex;
   const up = th.dataset.up !== "1"; th.dataset.up = up ? "1" : "0";
-  const key = r => { const t = r.cells[col].textContent.trim(), n = parseFloat(t); return isNaN(n) ? t : n; };
+  const key = r => {
+    const t = r.cells[col].textContent.trim(), n = parseFloat(t.replace(/,/g, ""));
+    return isNaN(n) ? t : n;
+  };
   [...body.rows].sort((a, b) => { const x = key(a), y = key(b); return (x > y ? 1 : x < y ? -1 : 0) * (up ? 1 : -1); })
     .forEach(r => body.appendChild(r));
 });
@@ -37,14 +41,19 @@ def _table(head: list[str], rows: list[list[str]]) -> str:
     return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _groups(groups: list[list[dict[str, Any]]], thumbs: dict[str, bytes], sims: dict[tuple, float]) -> str:
+def _groups(groups: list[list[dict[str, Any]]], thumbs: dict[str, bytes], pairs: list) -> str:
     if not groups:
         return "<p>None found.</p>"
+    group_of = {(m["split"], m["index"]): n for n, g in enumerate(groups[:SHOWN]) for m in g}
+    best: dict[int, float] = {}
+    for a, _, sim in pairs:  # the similarity of each group's closest listed pair
+        if (n := group_of.get((a["split"], a["index"]))) is not None:
+            best[n] = max(best.get(n, 0.0), sim)
     out = []
-    for g in groups[:SHOWN]:
+    for n, g in enumerate(groups[:SHOWN]):
         cross = len({m["split"] for m in g}) > 1
         figs = []
-        for m in g:
+        for m in g[:SHOWN_MEMBERS]:
             key = f"{m['split']}/{m['index']}"
             img = (
                 f'<img src="{_data_uri(thumbs[key], "image/png")}" alt="{escape(m["name"])}">' if key in thumbs else ""
@@ -52,10 +61,10 @@ def _groups(groups: list[list[dict[str, Any]]], thumbs: dict[str, bytes], sims: 
             figs.append(
                 f"<figure>{img}<figcaption>{escape(m['split'])}: {escape(Path(m['name']).name)}</figcaption></figure>"
             )
-        best = max((sims.get((a["split"], a["index"], b["split"], b["index"]), 0.0) for a in g for b in g), default=0.0)
         label = '<span class="cross">across splits</span>' if cross else "one split"
-        sim = f", similarity up to {best:.4f}" if best else ", identical pixels"
-        out.append(f'<div class="group"><div>{label}<br>{len(g)} images{sim}</div>{"".join(figs)}</div>')
+        sim = f", similarity up to {best[n]:.4f}" if n in best else ", identical pixels"
+        hidden = f"<br>{len(g) - SHOWN_MEMBERS} more in check.json" if len(g) > SHOWN_MEMBERS else ""
+        out.append(f'<div class="group"><div>{label}<br>{len(g)} images{sim}{hidden}</div>{"".join(figs)}</div>')
     more = f"<p>{len(groups) - SHOWN} more in check.json.</p>" if len(groups) > SHOWN else ""
     return f'<div class="groups">{"".join(out)}</div>{more}'
 
@@ -63,10 +72,6 @@ def _groups(groups: list[list[dict[str, Any]]], thumbs: dict[str, bytes], sims: 
 def write_check_page(path: Path, report: dict[str, Any], thumbs: dict[str, bytes]) -> Path:
     """Write check.html for the findings `report` (as check.json holds them) and their thumbnails."""
     d = report["duplicates"]
-    sims = {}
-    for a, b, s in d["near_pairs"]:
-        sims[(a["split"], a["index"], b["split"], b["index"])] = s
-        sims[(b["split"], b["index"], a["split"], a["index"])] = s
     leaks = sum(d["across_splits"].values())
     random = d["random_split"]
     files = report.get("files")
@@ -112,7 +117,7 @@ def write_check_page(path: Path, report: dict[str, Any], thumbs: dict[str, bytes
         ],
     )
     sections = [
-        ("duplicates", "Duplicates", _groups(d["groups"], thumbs, sims)),
+        ("duplicates", "Duplicates", _groups(d["groups"], thumbs, d["near_pairs"])),
         ("split", "Splits and the rule that keeps duplicates together", rule_html),
         ("balance", f"Class balance ({bal['unit']})", balance),
     ]

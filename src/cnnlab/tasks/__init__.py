@@ -115,6 +115,7 @@ class Task:
     def _std(self) -> torch.Tensor:
         return torch.tensor(self.std).view(1, -1, 1, 1)
 
+    groups_csv = False  # data.group_key=csv reads DIR/groups.csv (classification folders)
     balance_unit = "images"  # what `class_balance` counts: images a class, or (segmentation) shares of pixels
 
     def class_balance(self, split: Split) -> list[float]:

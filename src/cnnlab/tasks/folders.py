@@ -66,6 +66,8 @@ class _FolderFacts:
 class FolderClassify(_FolderFacts, ClassifyTask):
     """DIR/train/<class>/*, optionally DIR/val/ and DIR/test/; or DIR/<class>/* alone."""
 
+    groups_csv = True
+
     def __init__(self, cfg: RunConfig) -> None:
         self._read_facts(cfg)
         self.image_size = cfg.data.image_size
