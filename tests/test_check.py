@@ -13,8 +13,8 @@ import torch
 from conftest import make_classify_folder, make_segment_folder, one_error_line, run_cli
 from PIL import Image
 
-from cnnlab.check.duplicates import connected, near_pairs, pixel_rows
-from cnnlab.check.rules import random_split_leak, suggest_rule
+from cnnlab.checks.duplicates import connected, near_pairs, pixel_rows
+from cnnlab.checks.rules import random_split_leak, suggest_rule
 
 
 def _noise(seed: int, size: int = 24) -> np.ndarray:

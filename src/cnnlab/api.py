@@ -26,7 +26,7 @@ from .outputs import atomic_write, check_dir
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from .check import Findings
+    from .checks import Findings
 
 __all__ = ["Run", "check", "evaluate", "explain", "load_model", "predict", "sweep_activations", "train"]
 
@@ -354,7 +354,7 @@ def check(
     `data`: a built-in dataset ("fashion", "facade"), a folder of either kind (DIR/<class>/* for
     classify; DIR/images, DIR/masks and classes.yaml for segment), or a run folder (its data and split).
     """
-    from .check import run_check, save
+    from .checks import run_check, save
     from .report.check_page import write_check_page
 
     if threshold is not None and not 0.5 <= threshold <= 1:  # written so that NaN fails too

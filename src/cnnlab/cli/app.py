@@ -107,7 +107,7 @@ def check(
 
     Writes check.json and check.html; exits 0 with findings (1 with --strict when splits leak)."""
     from ..api import check as run
-    from ..check import summary
+    from ..checks import summary
 
     found = run(data, out, overrides=overrides, threshold=threshold, progress=progress)
     for line in summary(found.report):
