@@ -153,7 +153,7 @@ def test_near_duplicates_are_found_by_correlation_and_grouped():
 
 
 @pytest.mark.slow
-def test_facade_views_are_grouped_and_the_building_rule_found(real_facade, tmp_path, monkeypatch, capsys):
+def test_facade_views_are_grouped_and_the_building_rule_found(real_facade, cache_dir, tmp_path, monkeypatch, capsys):
     out = tmp_path / "facade"
     code, stdout, _ = run_cli(monkeypatch, capsys, "check", "facade", "--out", out, "--no-progress")
     assert code == 0
@@ -166,7 +166,7 @@ def test_facade_views_are_grouped_and_the_building_rule_found(real_facade, tmp_p
 
 
 @pytest.mark.slow
-def test_fashion_near_copies_between_train_and_test(real_fashion, tmp_path, monkeypatch, capsys):
+def test_fashion_near_copies_between_train_and_test(real_fashion, cache_dir, tmp_path, monkeypatch, capsys):
     out = tmp_path / "fashion"
     code, _, _ = run_cli(monkeypatch, capsys, "check", "fashion", "--out", out, "--no-progress")
     assert code == 0
