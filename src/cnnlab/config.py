@@ -33,8 +33,7 @@ class _Strict(BaseModel):
 
 class DataConfig(_Strict):
     dir: str | None = None
-    # The best checkpoint, the curves and the report all need validation data: a run without any would
-    # fail only after training, so an empty share is refused up front.
+    # Best checkpoint, curves and report need validation data: an empty share would fail only after training.
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="share held out for validation (> 0)")
     test_fraction: float = Field(0.0, ge=0.0, lt=1.0)
     limit: int | None = Field(None, gt=0, description="use only this many training images (quick tries)")
@@ -234,10 +233,9 @@ def find_recipe(task: str, recipe: str) -> Path:
             names = ", ".join(recipe_names(task))
             raise ConfigError(f"{path}: recipe file not found; give a YAML file or one of {names}")
         return path
-    for t in _recipe_folders(task):
-        for d in recipe_dirs():
-            if (d / t / f"{recipe}.yaml").is_file():
-                return d / t / f"{recipe}.yaml"
+    candidates = (d / t / f"{recipe}.yaml" for t in _recipe_folders(task) for d in recipe_dirs())
+    if found := next((p for p in candidates if p.is_file()), None):
+        return found
     names = recipe_names(task)
     near = difflib.get_close_matches(recipe, names, n=1, cutoff=0.6)
     hint = f"did you mean {near[0]}? Or choose one of" if near else "choose one of"
@@ -249,11 +247,9 @@ def _read_yaml(path: Path) -> dict:
         data = load_yaml(path.read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         raise ConfigError(f"{path}: cannot read recipe ({yaml_problem(e)}); fix the YAML") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
+    if data is not None and not isinstance(data, dict):
         raise ConfigError(f"{path}: a recipe must be a mapping of sections, got {type(data).__name__}")
-    return data
+    return data or {}
 
 
 @dataclass(frozen=True)

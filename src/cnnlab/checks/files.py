@@ -13,14 +13,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..data.images import SUFFIXES
+from ..data.images import EXIF_ORIENTATION, SIXTEEN_BIT_GREY, SUFFIXES
 from ..outputs import progress_over
 
 BLANK_STD = 2.0  # grey levels: a frame whose pixels all lie this close to their mean shows nothing
 SIZE_FACTOR = 16  # an image with 16x fewer or more pixels than the median one is an outlier
 ASPECT_FACTOR = 2  # ... or one twice as elongated (either way) as the median aspect ratio
-_EXIF_ORIENTATION = 0x0112
-_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
 def image_files(root: Path) -> list[Path]:
@@ -44,9 +42,9 @@ def _inspect(path: Path) -> tuple[dict | None, list[tuple[str, str]]]:
                     problems.append(
                         ("CMYK", "CMYK colours: converted to RGB when read, colours may shift; save as RGB")
                     )
-                if im.mode in _SIXTEEN_BIT:
+                if im.mode in SIXTEEN_BIT_GREY:
                     problems.append(("16-bit", "16-bit pixels: scaled to 8 bits when read; save as 8-bit"))
-                if (o := im.getexif().get(_EXIF_ORIENTATION, 1)) not in (1, None):
+                if (o := im.getexif().get(EXIF_ORIENTATION, 1)) not in (1, None):
                     problems.append(
                         (
                             "EXIF-rotated",
@@ -60,7 +58,7 @@ def _inspect(path: Path) -> tuple[dict | None, list[tuple[str, str]]]:
                         *problems,
                         ("truncated", f"truncated or corrupt ({' '.join(str(e).split())}); replace it"),
                     ]
-                if im.mode in _SIXTEEN_BIT:
+                if im.mode in SIXTEEN_BIT_GREY:
                     grey = np.asarray(im, dtype=np.float32) / 256
                 else:
                     small = im.convert("L")

@@ -21,10 +21,10 @@ MAX_PIXELS = 40_000_000  # a 40-megapixel photo; far larger declared sizes are d
 # Phone panoramas reach about 10:1; a longer strip holds nothing to predict on once fitted to a square.
 MAX_ASPECT = 50
 
-_SIXTEEN_BIT_GREY = ("I;16", "I;16L", "I;16B", "I;16N", "I")
-_GREY = ("1", "L", "LA", "La", "F", *_SIXTEEN_BIT_GREY)  # modes that mode="any" decodes as "L"
+SIXTEEN_BIT_GREY = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+_GREY = ("1", "L", "LA", "La", "F", *SIXTEEN_BIT_GREY)  # modes that mode="any" decodes as "L"
 _SOURCE_NAMES = {"1": "1-bit black/white", "L": "greyscale", "P": "palette", "LA": "greyscale+alpha"}
-_EXIF_ORIENTATION = 0x0112
+EXIF_ORIENTATION = 0x0112
 _TRANSPOSE = {
     2: Image.Transpose.FLIP_LEFT_RIGHT,
     3: Image.Transpose.ROTATE_180,
@@ -178,7 +178,7 @@ def _decode(
         # Other formats ignore the draft and are shrunk once decoded.
         im.draft(None, target)
     im.load()  # decode everything now so a truncated file fails here
-    orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
+    orientation = im.getexif().get(EXIF_ORIENTATION, 1)
     source, transparent = im.mode, "transparency" in im.info
     if target != (width, height):
         scale = round(width / im.width)
@@ -227,7 +227,7 @@ def _resizable(im: Image.Image, mode: str, transparent: bool) -> Image.Image:
         return im.convert("RGBA")  # keeps a transparent palette entry transparent, for compositing on white
     if im.mode == "P":
         return im.convert(mode)  # what _convert does anyway, and 1 byte a pixel for "L" instead of 4
-    if im.mode in _SIXTEEN_BIT_GREY:
+    if im.mode in SIXTEEN_BIT_GREY:
         return im.convert("I")
     return im
 
@@ -237,7 +237,7 @@ def _convert(im: Image.Image, mode: str, notes: list[str], source: str, transpar
     if source == mode and im.mode == mode:
         return im
     detail = ""
-    if im.mode in _SIXTEEN_BIT_GREY:
+    if im.mode in SIXTEEN_BIT_GREY:
         # Scale 0..65535 to 0..255 with rounding; PIL's own convert("L") would clip instead.
         wide = np.clip(np.asarray(im), 0, 65535).astype(np.int32)  # int32, not int64: half the memory
         wide += 128
@@ -250,7 +250,7 @@ def _convert(im: Image.Image, mode: str, notes: list[str], source: str, transpar
         detail = " (alpha composited on white)"
     im = im.convert(mode)
     if source != mode:
-        source_name = "16-bit grey" if source in _SIXTEEN_BIT_GREY else _SOURCE_NAMES.get(source, source)
+        source_name = "16-bit grey" if source in SIXTEEN_BIT_GREY else _SOURCE_NAMES.get(source, source)
         notes.append(f"converted from {source_name} to {mode}{detail}")
     return im
 

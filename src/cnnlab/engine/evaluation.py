@@ -62,9 +62,9 @@ def check_input_size(model: torch.nn.Module, shape: Sequence[int], scales: Seque
             )
 
 
-def check_training_data(data: dict[str, Batchable], model: torch.nn.Module, cfg: RunConfig) -> None:
+def check_training_data(data: dict[str, Batchable], model: torch.nn.Module, cfg: RunConfig, warn: bool = True) -> None:
     """Refuse data a run cannot train on, before its folder is made: an empty train or val split, or
-    images smaller than the model takes."""
+    images smaller than the model takes; with `warn`, say when a split has copies of training images."""
     for name in ("train", "val"):
         if not len(data[name]):
             raise DataError(
@@ -75,6 +75,8 @@ def check_training_data(data: dict[str, Batchable], model: torch.nn.Module, cfg:
         check_input_size(model, data["train"].x.shape, cfg.train.tta_scales)
     except DataError as e:
         raise DataError(f"{cfg.data.dir or cfg.task + ' data'}: {e}") from None
+    if warn:
+        warn_of_copies(data, cfg)
 
 
 def warn_of_copies(data: dict[str, Batchable], cfg: RunConfig) -> None:

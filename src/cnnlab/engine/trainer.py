@@ -25,7 +25,7 @@ from ..runs import MetricsLog, RunPaths, read_history
 from ..tasks import get_task
 from . import checkpoint, distributed
 from .checkpoint import load_weights, open_run
-from .evaluation import check_training_data, evaluate, evaluate_split, warn_of_copies
+from .evaluation import check_training_data, evaluate, evaluate_split
 from .features import CachedFeatures, head_epochs
 from .optim import lr_at, make_optimizer, match_state_layout
 from .runtime import environment, make_runtime
@@ -67,9 +67,7 @@ class Trainer:
         self.train_set, self.val_set = self.data["train"], self.data["val"]
         started = resume and (self.paths.last.exists() or self.paths.last.with_suffix(".prev").exists())
         self.net = self.task.build_model(cfg, init=not started).to(self.rt.device)
-        check_training_data(self.data, self.net, self.cfg)
-        if self.dist.main:  # one line, not one per process
-            warn_of_copies(self.data, self.cfg)
+        check_training_data(self.data, self.net, self.cfg, warn=self.dist.main)  # a warning once, not per process
         if self.rt.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.model = self.net if self.dist.world == 1 else DistributedDataParallel(self.net)
