@@ -344,12 +344,16 @@ def check(
     *,
     overrides: Sequence[str] = (),
     threshold: float | None = None,
+    labels: bool = True,
+    label_threshold: float | None = None,
     progress: bool = True,
 ) -> Findings:
     """Check a data set before training, as `cnnlab check` does: duplicates (exact and near, within and
     across splits, what a random split would leak, the `data.group_key` rule that keeps them together),
-    class balance and, for a folder, its files. Writes check.json and check.html into `out` (default
-    runs/check-NAME) and returns the findings (`.report` as check.json holds it, `.leaks`).
+    label issues (`labels`; an image is flagged when its given label's calibrated out-of-fold
+    probability is under `label_threshold`, default 0.05), class balance and, for a folder, its files.
+    Writes check.json and check.html into `out` (default runs/check-NAME) and returns the findings
+    (`.report` as check.json holds it, `.leaks`).
 
     `data`: a built-in dataset ("fashion", "facade"), a folder of either kind (DIR/<class>/* for
     classify; DIR/images, DIR/masks and classes.yaml for segment), or a run folder (its data and split).
@@ -359,19 +363,25 @@ def check(
 
     if threshold is not None and not 0.5 <= threshold <= 1:  # written so that NaN fails too
         raise ConfigError(f"threshold {threshold}: give a cosine similarity from 0.5 to 1 (1: identical)")
-    cfg, name = _check_config(data, overrides)
+    if label_threshold is not None and not 0 < label_threshold < 1:
+        raise ConfigError(f"label threshold {label_threshold}: give a probability between 0 and 1, e.g. 0.05")
+    cfg, name, run = _check_config(data, overrides)
     folder = check_dir(Path(out) if out is not None else Path("runs") / f"check-{name}", "--out")
-    found = run_check(cfg, folder, source=str(data), progress=progress, threshold=threshold)
+    extra = {} if label_threshold is None else {"label_threshold": label_threshold}
+    found = run_check(
+        cfg, folder, source=str(data), progress=progress, threshold=threshold, labels=labels, run=run, **extra
+    )
     folder.mkdir(parents=True, exist_ok=True)
     write_check_page(folder / "check.html", found.report, found.thumbs)
     save(found)  # check.json last: a folder with one holds a whole check
     return found
 
 
-def _check_config(data: str | Path, overrides: Sequence[str]) -> tuple[RunConfig, str]:
-    """The configuration whose data and split `check` reads, and a name for its output folder."""
+def _check_config(data: str | Path, overrides: Sequence[str]) -> tuple[RunConfig, str, Path | None]:
+    """The configuration whose data and split `check` reads, a name for its output folder, and the run
+    folder it came from (if it did)."""
     if isinstance(data, str) and data in TASKS and TASKS[data].builtin:
-        return load_config(data, TASKS[data].default_recipe, list(overrides)), data
+        return load_config(data, TASKS[data].default_recipe, list(overrides)), data, None
     path = Path(data).expanduser()
     if (path / "config.yaml").is_file():
         if overrides:
@@ -381,11 +391,11 @@ def _check_config(data: str | Path, overrides: Sequence[str]) -> tuple[RunConfig
             raise CnnlabError(
                 f"{path}: its data folder {cfg.data.dir} is gone (moved?); check the folder where it is now"
             )
-        return cfg, path.resolve().name
+        return cfg, path.resolve().name, path
     if not path.is_dir():
         names = ", ".join(t for t, info in TASKS.items() if info.builtin)
         raise CnnlabError(f"{data}: no such folder; give a folder of images, a run folder or one of {names}")
     # classes.yaml (or images/ beside masks/) makes a segmentation folder; a class may be called "images".
     masks = (path / "classes.yaml").is_file() or ((path / "images").is_dir() and (path / "masks").is_dir())
     task = "segment" if masks else "classify"
-    return load_config(task, TASKS[task].default_recipe, [f"data.dir={path}", *overrides]), path.resolve().name
+    return load_config(task, TASKS[task].default_recipe, [f"data.dir={path}", *overrides]), path.resolve().name, None

@@ -1,6 +1,7 @@
 """`cnnlab check`: what is wrong with a data set before the first epoch. Duplicates (exact and near, within
 and across splits, and what a random split would leak), the `data.group_key` rule that keeps them on one
-side, class balance, and for a person's folder the files themselves.
+side, labels the rest of the data disputes (labels.py), class balance, and for a person's folder the files
+themselves.
 
 `run_check` returns the findings (what check.json holds, plus thumbnails of the images they name);
 `report.check_page` draws check.html from them.
@@ -17,6 +18,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -27,6 +29,7 @@ from ..data.splits import digests as pixel_digests
 from ..outputs import atomic_write, write_json
 from ..tasks import Task, get_task
 from . import duplicates as dup
+from . import labels as lab
 from .files import check_files
 from .rules import random_split_leak, suggest_rule
 
@@ -78,10 +81,19 @@ def _balance(task: Task, data: dict[str, Split]) -> dict[str, Any]:
 
 
 def run_check(
-    cfg: RunConfig, out: Path, *, source: str, progress: bool = True, threshold: float | None = None
+    cfg: RunConfig,
+    out: Path,
+    *,
+    source: str,
+    progress: bool = True,
+    threshold: float | None = None,
+    labels: bool = True,
+    label_threshold: float = lab.THRESHOLD,
+    run: Path | None = None,
 ) -> Findings:
     """Check the data `cfg` names (its splits as a run would make them); `save` writes the findings into
-    `out`."""
+    `out`. `labels`: look for label issues too (`label_threshold`: see labels.py); `run`: the run folder
+    `cfg` came from, whose model judges a segmentation set's masks."""
     started = time.perf_counter()
     task = get_task(cfg)
     cfg.data.skip_bad = True  # a bad file is a finding here, not the end
@@ -104,8 +116,8 @@ def run_check(
     across = _across(pairs, where)
     across_loose = _across(exact_pairs + [(i, j) for i, j, _ in found], where)
     by = [task.stratify_by(data[s]) for s in SPLITS]
-    labels = None if by[0] is None else torch.cat(by)
-    random = random_split_leak(len(names), pairs, labels, cfg.data.val_fraction, cfg.train.seed)
+    strata = None if by[0] is None else torch.cat(by)
+    random = random_split_leak(len(names), pairs, strata, cfg.data.val_fraction, cfg.train.seed)
     rule = suggest_rule(names, pairs)
 
     def member(i: int) -> dict[str, Any]:
@@ -132,11 +144,16 @@ def run_check(
         },
         "balance": _balance(task, data),
     }
+    if labels:
+        report["labels"] = _labels(task, cfg, data, kind, run, progress, label_threshold)
+        for row in report["labels"].get("issues", []):
+            row.update(member(row.pop("row")))
     if cfg.data.dir is not None:
         report["files"] = check_files(Path(cfg.data.dir), progress)
     report["seconds"] = {
         "load": round(loaded - started, 2),
         "duplicates": round(searched - loaded, 2),
+        **({"labels": report["labels"].get("seconds", 0.0)} if labels else {}),
         "total": round(time.perf_counter() - started, 2),
     }
     rows = None
@@ -144,6 +161,8 @@ def run_check(
         rows = _group_rows(names, groups, cfg.data.dir)
         report["duplicates"]["groups_csv"] = str(out / "groups.csv")
     shown = [g[:SHOWN_MEMBERS] for g in [*_cross_first(groups, where)[:SHOWN], *exact[:SHOWN]]]
+    issues = report.get("labels", {}).get("issues", [])[:SHOWN]
+    shown.append([where.index((r["split"], r["index"])) for r in issues])
     thumbs = {
         f"{where[i][0]}/{where[i][1]}": _thumb(data[where[i][0]].x[where[i][1]])
         for i in sorted({i for g in shown for i in g})
@@ -169,6 +188,38 @@ def _near(
     loose = min(threshold, loose)
     found = dup.near_pairs(emb, loose, coarse, progress)
     return kind, threshold, loose, [p for p in found if digests[p[0]] != digests[p[1]]]
+
+
+def _labels(
+    task: Task, cfg: RunConfig, data: dict[str, Split], kind: str, run: Path | None, progress: bool, threshold: float
+) -> dict[str, Any]:
+    """Label issues of every split pooled (rows in the order of `where`), each with given and suggested class."""
+    present = [s for s in SPLITS if len(data[s])]
+    if task.kind == "segment":
+        if run is None:
+            return {
+                "skipped": "masks are judged by a trained model: check a segmentation run's folder (cnnlab check RUN)"
+            }
+        from ..engine.checkpoint import load_model
+
+        started = time.perf_counter()
+        model, _ = load_model(run)
+        scores = np.concatenate([lab.mask_quality(task, model, data[s].x, data[s].y, progress) for s in present])
+        order = np.argsort(scores, kind="stable")[: lab.SHOWN]
+        return {
+            "method": f"per-image label quality (cleanlab, softmin over pixels) against {run}'s predictions",
+            "issues": [{"row": int(i), "quality": round(float(scores[i]), 4)} for i in order],
+            "seconds": round(time.perf_counter() - started, 2),
+        }
+    given = torch.cat([data[s].targets for s in present]).numpy()
+    features = None
+    if kind == "backbone":  # read back from the cache the near-duplicate search filled
+        features = torch.cat([dup.embed(task, data[s].x, kind, False) for s in present])
+    x = torch.cat([torch.as_tensor(data[s].x[:]) for s in present]) if features is None else None
+    found = lab.classify_issues(task, cfg, x, given, features, progress, threshold)
+    for row in found["issues"]:
+        row["given"], row["suggested"] = task.classes[row["given"]], task.classes[row["suggested"]]
+    return found
 
 
 def _across(pairs: list[tuple[int, int]], where: list[tuple[str, int]]) -> dict[str, int]:
@@ -240,6 +291,18 @@ def summary(report: dict[str, Any]) -> list[str]:
         csv_file = d.get("groups_csv")
         where = f"; {csv_file} holds the groups (copy it to DIR/groups.csv, data.group_key=csv)" if csv_file else ""
         lines.append("rule: no rule found" + where)
+    if lb := report.get("labels"):
+        if "skipped" in lb:
+            lines.append(f"label issues: not looked for; {lb['skipped']}")
+        elif "flagged" in lb:
+            lines.append(
+                f"label issues: {lb['flagged']} images flagged (given label's probability < {lb['threshold']} out "
+                f"of fold; {lb['method']}, {lb['out_of_fold_accuracy']:.1%} accurate); the worst are in check.html"
+            )
+        else:
+            lines.append(
+                f"masks: the {len(lb['issues'])} least consistent with the run's predictions are in check.html"
+            )
     if files := report.get("files"):
         kinds = Counter(i["kind"] for i in files["issues"])
         found = ", ".join(f"{k} {v}" for k, v in kinds.most_common()) or "none"

@@ -93,6 +93,14 @@ def check(
         "--threshold",
         help="Cosine similarity from which images count as near duplicates (default: the embedding's).",
     ),
+    labels: bool = typer.Option(
+        True, "--labels/--no-labels", help="Look for mislabelled images (out-of-fold models; the slow part)."
+    ),
+    label_threshold: float | None = typer.Option(
+        None,
+        "--label-threshold",
+        help="Flag an image when its given label's calibrated out-of-fold probability is below this (default 0.05).",
+    ),
     overrides: list[str] = typer.Option(
         [],
         "--set",
@@ -102,14 +110,18 @@ def check(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars (on stderr)."),
 ) -> None:
     """Check a data set before training: exact and near duplicates within and across splits, what a random
-    split would leak and the data.group_key rule that prevents it, class balance, and a folder's files
-    (unreadable, truncated, CMYK, 16-bit, rotated, blank, odd sizes).
+    split would leak and the data.group_key rule that prevents it, images whose label the rest of the data
+    disputes (for masks: check a segmentation run folder), class balance, and a folder's files (unreadable,
+    truncated, CMYK, 16-bit, rotated, blank, odd sizes).
 
     Writes check.json and check.html; exits 0 with findings (1 with --strict when splits leak)."""
     from ..api import check as run
     from ..checks import summary
 
-    found = run(data, out, overrides=overrides, threshold=threshold, progress=progress)
+    found = run(
+        data, out, overrides=overrides, threshold=threshold, labels=labels, label_threshold=label_threshold,
+        progress=progress,
+    )  # fmt: skip
     for line in summary(found.report):
         typer.echo(line)
     typer.echo(str(found.folder / "check.html"))
