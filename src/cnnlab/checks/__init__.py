@@ -195,7 +195,7 @@ def _labels(
 ) -> dict[str, Any]:
     """Label issues of every split pooled (rows in the order of `where`), each with given and suggested class."""
     present = [s for s in SPLITS if len(data[s])]
-    if task.kind == "segment":
+    if task.label_maps:
         if run is None:
             return {
                 "skipped": "masks are judged by a trained model: check a segmentation run's folder (cnnlab check RUN)"

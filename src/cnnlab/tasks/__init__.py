@@ -116,6 +116,7 @@ class Task:
         return torch.tensor(self.std).view(1, -1, 1, 1)
 
     groups_csv = False  # data.group_key=csv reads DIR/groups.csv (classification folders)
+    label_maps = False  # targets are per-pixel label maps (judged against a trained model), not one class an image
     balance_unit = "images"  # what `class_balance` counts: images a class, or (segmentation) shares of pixels
 
     def class_balance(self, split: Split) -> list[float]:

@@ -111,6 +111,7 @@ class SegmentTask(Task):
             f"{d.test_fraction:.0%} test (seed {cfg.train.seed}){limit}"
         )
 
+    label_maps = True
     balance_unit = "share of pixels"
 
     def class_balance(self, split: Split) -> list[float]:
