@@ -367,10 +367,8 @@ def check(
         raise ConfigError(f"label threshold {label_threshold}: give a probability between 0 and 1, e.g. 0.05")
     cfg, name, run = _check_config(data, overrides)
     folder = check_dir(Path(out) if out is not None else Path("runs") / f"check-{name}", "--out")
-    extra = {} if label_threshold is None else {"label_threshold": label_threshold}
-    found = run_check(
-        cfg, folder, source=str(data), progress=progress, threshold=threshold, labels=labels, run=run, **extra
-    )
+    found = run_check(cfg, folder, source=str(data), progress=progress, threshold=threshold, labels=labels,
+                      label_threshold=label_threshold, run=run)  # fmt: skip
     folder.mkdir(parents=True, exist_ok=True)
     write_check_page(folder / "check.html", found.report, found.thumbs)
     save(found)  # check.json last: a folder with one holds a whole check

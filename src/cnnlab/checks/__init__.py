@@ -88,11 +88,11 @@ def run_check(
     progress: bool = True,
     threshold: float | None = None,
     labels: bool = True,
-    label_threshold: float = lab.THRESHOLD,
+    label_threshold: float | None = None,
     run: Path | None = None,
 ) -> Findings:
     """Check the data `cfg` names (its splits as a run would make them); `save` writes the findings into
-    `out`. `labels`: look for label issues too (`label_threshold`: see labels.py); `run`: the run folder
+    `out`. `labels`: look for label issues too (`label_threshold`, default labels.THRESHOLD); `run`: the run folder
     `cfg` came from, whose model judges a segmentation set's masks."""
     started = time.perf_counter()
     task = get_task(cfg)
@@ -145,7 +145,7 @@ def run_check(
         "balance": _balance(task, data),
     }
     if labels:
-        report["labels"] = _labels(task, cfg, data, kind, run, progress, label_threshold)
+        report["labels"] = _labels(task, cfg, data, kind, run, progress, label_threshold or lab.THRESHOLD)
         for row in report["labels"].get("issues", []):
             row.update(member(row.pop("row")))
     if cfg.data.dir is not None:
