@@ -67,6 +67,7 @@ def main() -> None:
     ap.add_argument("--patches", help="the facade patches folder (scripts/facade_patches.py)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     args = ap.parse_args()
+    print("timing one `fashion train --recipe fast` as the baseline ...", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         subprocess.run(
@@ -75,6 +76,7 @@ def main() -> None:
             check=True, capture_output=True,
         )  # fmt: skip
         base = time.perf_counter() - start
+    print(f"baseline: {base:.0f} s", flush=True)
     cfg = load_config("fashion", "seed-a")
     task = get_task(cfg)
     train = task.load_data(cfg, progress=False)["train"]

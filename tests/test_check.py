@@ -14,6 +14,7 @@ from conftest import make_classify_folder, make_segment_folder, one_error_line, 
 from PIL import Image
 
 from cnnlab.checks.duplicates import connected, near_pairs, pixel_rows
+from cnnlab.checks.labels import calibrate, rank_issues
 from cnnlab.checks.rules import random_split_leak, suggest_rule
 
 
@@ -22,13 +23,18 @@ def _noise(seed: int, size: int = 24) -> np.ndarray:
 
 
 def _planted(folder: Path) -> Path:
-    """A classification folder with a copy of a training image in test/, a truncated JPEG, a CMYK JPEG,
-    a 16-bit PNG and an all-black image."""
-    make_classify_folder(folder, per_class=8, size=24)
+    """A classification folder (40 images a class, each class bright in its own channel) with three images
+    moved into a wrong class, a copy of a training image in test/, a truncated JPEG, a CMYK JPEG, a 16-bit
+    PNG and an all-black image."""
+    make_classify_folder(folder, per_class=40, size=24)
+    for src, dest in (("a/a1", "b/wrong_a1"), ("b/b2", "c/wrong_b2"), ("c/c3", "a/wrong_c3")):
+        (folder / "train" / f"{src}.png").rename(folder / "train" / f"{dest}.png")
     for c, name in enumerate(("a", "b", "c")):
         (folder / "test" / name).mkdir(parents=True)
         for i in range(3):
-            Image.fromarray(_noise(100 + 10 * c + i)).save(folder / "test" / name / f"t{name}{i}.png")
+            image = _noise(100 + 10 * c + i) // 5
+            image[:, :, c] += 180
+            Image.fromarray(image).save(folder / "test" / name / f"t{name}{i}.png")
     shutil.copy(folder / "train" / "a" / "a0.png", folder / "test" / "a" / "copy_of_a0.png")
     Image.fromarray(_noise(1)).save(folder / "train" / "b" / "cut.jpg", quality=95)
     data = (folder / "train" / "b" / "cut.jpg").read_bytes()
@@ -68,12 +74,19 @@ def test_planted_problems_are_each_found_and_strict_fails_on_the_leak(tmp_path, 
     assert set(problems) == {"cut.jpg", "cmyk.jpg", "deep.png", "black.png"}  # the noise images are fine
     assert [Path(f).name for f in report["skipped_files"]] == ["cut.jpg"]  # training would skip it
     counts = report["balance"]["amounts"]  # the truncated file left out, a tenth of each class carved for val
-    assert [t + v for t, v in zip(counts["train"], counts["val"], strict=True)] == [9, 8, 10]
-    assert counts["val"] == [1, 1, 1] and counts["test"] == [4, 3, 3]
+    assert [t + v for t, v in zip(counts["train"], counts["val"], strict=True)] == [41, 40, 42]
+    assert counts["val"] == [4, 4, 4] and counts["test"] == [4, 3, 3]
     assert "test in train 1" in stdout and "problems: " in stdout and "truncated 1" in stdout
     assert {i["kind"] for i in report["files"]["issues"]} == {"truncated", "CMYK", "16-bit", "near-blank"}
+    labels = report["labels"]
+    flagged = {Path(r["name"]).name: (r["given"], r["suggested"]) for r in labels["issues"] if r["flagged"]}
+    wrong = {"wrong_a1.png": ("b", "a"), "wrong_b2.png": ("c", "b"), "wrong_c3.png": ("a", "c")}
+    assert flagged.items() >= wrong.items(), flagged  # each found, with the class it came from
+    assert set(flagged) - set(wrong) <= {"deep.png", "cmyk.jpg", "black.png"}  # no clean image, only odd files
+    assert labels["flagged"] == len(flagged) and f"label issues: {len(flagged)} images flagged" in stdout
     page = (out / "check.html").read_text()
     assert page.count('src="data:image/png;base64,') >= 2 and "across splits" in page and "copy_of_a0.png" in page
+    assert "Label issues" in page and all(name in page for name in wrong)
 
     code, _, _ = run_cli(monkeypatch, capsys, "check", folder, "--out", out, "--no-progress")
     assert code == 0  # findings alone do not fail
@@ -176,6 +189,13 @@ def test_fashion_near_copies_between_train_and_test(real_fashion, cache_dir, tmp
     assert 15 <= d["across_splits"]["test in train"] <= 25  # 20 measured: one product photo in both
     assert 80 <= d["across_splits_loose"]["test in train"] <= 100  # 89 at 0.99
     assert report["images"] == {"train": 54000, "val": 6000, "test": 10000}
+    labels = report["labels"]  # the official labels, unflipped: 931 flagged (1.3%), 89.4% out of fold, measured
+    assert labels["out_of_fold_accuracy"] > 0.87 and 500 <= labels["flagged"] <= 1500
+    worst = labels["issues"][:20]
+    assert all(r["flagged"] and r["quality"] < 0.01 and r["given"] != r["suggested"] for r in worst)
+    section = (out / "check.html").read_text().split('id="labels"')[1].split("</section>")[0]
+    assert section.count('src="data:image/png;base64,') >= 20  # what the 20 most suspicious look like
+    assert all(f"<td>{r['given']}</td><td>{r['suggested']}</td>" in section for r in worst)
 
 
 def test_a_notebook_shows_the_summary(tmp_path, cache_dir):
@@ -186,3 +206,32 @@ def test_a_notebook_shows_the_summary(tmp_path, cache_dir):
     html = found._repr_html_()
     assert html.startswith("<pre>") and "a random split would leak 0 of 3 validation images" in html
     assert f"{tmp_path / 'out' / 'check.html'}" in html and found.leaks == 0
+
+
+def test_one_temperature_is_fitted_to_the_given_labels():
+    probs = np.array([[0.9, 0.1]] * 4)
+    calibrated, t = calibrate(probs, np.array([0, 0, 0, 1]))
+    # The NLL is least where sigmoid(log 9 / t) = 3/4, the share of labels the model agrees with: t = log 9 / log 3.
+    assert t == pytest.approx(2.0, abs=1e-4)
+    np.testing.assert_allclose(calibrated, [[0.75, 0.25]] * 4, atol=1e-4)
+
+
+def test_flagged_are_the_proposals_whose_given_label_stays_unlikely():
+    labels = np.repeat([0, 1, 2], 40)
+    probs = np.full((120, 3), 0.05)
+    probs[np.arange(120), labels] = 0.9
+    probs[[5, 50, 90]] = [[0.01, 0.98, 0.01], [0.01, 0.01, 0.98], [0.98, 0.01, 0.01]]  # sure of another class
+    probs[[10, 60]] = [[0.35, 0.6, 0.05], [0.05, 0.45, 0.5]]  # in doubt
+    found = rank_issues(probs, labels)
+    logp = np.log(probs)
+    grid = np.exp(np.linspace(-3, 3, 60001))  # the temperature by brute force on the NLL
+    nll = [-(logp / t - np.log(np.exp(logp / t).sum(1, keepdims=True)))[np.arange(120), labels].mean() for t in grid]
+    t = grid[int(np.argmin(nll))]
+    assert found["temperature"] == pytest.approx(t, rel=1e-3)
+    q = np.exp(logp / t)[np.arange(120), labels] / np.exp(logp / t).sum(1)
+    np.testing.assert_allclose(found["quality"], q, rtol=1e-3)
+    assert q[[5, 50, 90]].max() < 0.05 < q[[10, 60]].min()
+    assert np.flatnonzero(found["flagged_mask"]).tolist() == [5, 50, 90]
+    assert found["suggested"][[5, 50, 90]].tolist() == [1, 2, 0]
+    order = found["order"].tolist()
+    assert set(order[:3]) == {5, 50, 90} and order[3:5] == sorted([10, 60], key=lambda i: q[i])  # least likely first

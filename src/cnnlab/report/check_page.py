@@ -1,6 +1,6 @@
 """check.html: what `cnnlab check` found, in the house style. Groups of duplicates as thumbnails (those
-that cross splits first), the split rule, file problems and class balance as tables that sort when a
-column's header is clicked (the page's one script; without it the tables read as they are)."""
+that cross splits first), the split rule, label issues, file problems and class balance as tables that sort
+when a column's header is clicked (the page's one script; without it the tables read as they are)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ CSS = """
 .group figure{margin:0;max-width:110px;font-size:.75rem;word-break:break-all}
 .group img{image-rendering:pixelated;display:block;border:1px solid #ccc}
 .group .cross{color:#b00;font-weight:600}
+td img{image-rendering:pixelated;display:block}
 th.sort{cursor:pointer} th.sort::after{content:" \\2195";color:#999}
 """
 SORT_JS = """<script>
@@ -69,12 +70,46 @@ def _groups(groups: list[list[dict[str, Any]]], thumbs: dict[str, bytes], pairs:
     return f'<div class="groups">{"".join(out)}</div>{more}'
 
 
+def _labels(lb: dict[str, Any], thumbs: dict[str, bytes]) -> str:
+    """The label issues found: how, then a row per image (thumbnail, given and suggested label or the mask's
+    quality), least likely first."""
+    if "skipped" in lb:
+        return f"<p>Not looked for: {escape(lb['skipped'])}.</p>"
+
+    def thumb(r: dict[str, Any]) -> str:
+        key = f"{r['split']}/{r['index']}"
+        return f'<img src="{_data_uri(thumbs[key], "image/png")}" alt="">' if key in thumbs else ""
+
+    rows = lb["issues"][:SHOWN]
+    if "flagged" not in lb:  # segmentation: masks ranked by label quality
+        head = f"<p>{escape(lb['method'])}; the {len(rows)} lowest shown.</p>"
+        table = [[thumb(r), escape(r["split"]), escape(Path(r["name"]).name), f"{r['quality']:.4f}"] for r in rows]
+        return head + _table(["image", "split", "file", "label quality"], table)
+    n = lb.get("fold_epochs")
+    epochs = f", {n} epoch{'s' if n > 1 else ''} each" if n else ""
+    head = (
+        f"<p>Out-of-fold probabilities from {escape(lb['method'])} ({lb['folds']} folds{epochs}; "
+        f"{lb['out_of_fold_accuracy']:.1%} accurate), calibrated by temperature {lb['temperature']}. Confident "
+        f"learning proposed {lb['proposed']:,} images; <b>{lb['flagged']:,}</b> of them keep a probability of their "
+        f"given label under {lb['threshold']} and are flagged. Shown: the {len(rows)} least likely"
+        + (" (unflagged ones are only suspicious)" if any(not r["flagged"] for r in rows) else "")
+        + ".</p>"
+    )
+    table = [
+        [thumb(r), escape(r["split"]), escape(Path(r["name"]).name), escape(r["given"]), escape(r["suggested"]),
+         f"{r['quality']:.4f}", "yes" if r["flagged"] else "no"]
+        for r in rows
+    ]  # fmt: skip
+    return head + _table(["image", "split", "file", "given", "suggested", "p(given)", "flagged"], table)
+
+
 def write_check_page(path: Path, report: dict[str, Any], thumbs: dict[str, bytes]) -> Path:
     """Write check.html for the findings `report` (as check.json holds them) and their thumbnails."""
     d = report["duplicates"]
     leaks = sum(d["across_splits"].values())
     random = d["random_split"]
     files = report.get("files")
+    lb = report.get("labels") or {}
     cards = "".join(
         [
             _card(
@@ -85,6 +120,11 @@ def write_check_page(path: Path, report: dict[str, Any], thumbs: dict[str, bytes
             _card("duplicate groups", f"{len(d['groups']):,}", f"{len(d['exact_groups'])} of identical pixels"),
             _card("leaks across splits", f"{leaks:,}", "images with a duplicate in an earlier split"),
             _card("a random split", f"{random['leaked']:,} leaked", f"of {random['val_images']:,} validation images"),
+            _card(
+                "label issues",
+                f"{lb['flagged']:,}" if "flagged" in lb else "n/a" if "skipped" in lb or not lb else "masks",
+                "flagged" if "flagged" in lb else "",
+            ),
             _card("file problems", f"{len(files['issues']):,}" if files else "n/a", "" if files else "built-in set"),
         ]
     )
@@ -121,6 +161,8 @@ def write_check_page(path: Path, report: dict[str, Any], thumbs: dict[str, bytes
         ("split", "Splits and the rule that keeps duplicates together", rule_html),
         ("balance", f"Class balance ({bal['unit']})", balance),
     ]
+    if lb:
+        sections.insert(2, ("labels", "Label issues", _labels(lb, thumbs)))
     if files:
         rows = [[escape(i["file"]), escape(i["problem"])] for i in files["issues"]]
         modes = ", ".join(f"{k}: {v}" for k, v in files["modes"].items())
