@@ -51,7 +51,8 @@ def main() -> None:
             )
             rows.append(
                 f"| {data} | {sum(r['images'].values()):,} | {d['embedding']} >= {d['threshold']} | {cold:.1f} s "
-                f"| {warm:.1f} s | {s['load']:.1f} s + {s['duplicates']:.1f} s + {s.get('labels', 0):.1f} s | {warm / base:.2f} | {found} "
+                f"| {warm:.1f} s | {s['load']:.1f} s + {s['duplicates']:.1f} s + {s.get('labels', 0):.1f} s "
+                f"| {warm / base:.2f} | {found} "
                 f"| `cnnlab check {data}` |"
             )
             print(rows[-1], flush=True)
@@ -65,7 +66,8 @@ def main() -> None:
             f"masks need a trained run); ratio: warm wall against one `cnnlab fashion train --recipe "
             f"fast --report none` in the same run ({base:.0f} s).",
             "",
-            "| set | images | near duplicates | cold | warm | load + search + labels | vs fast training | found | command |",
+            "| set | images | near duplicates | cold | warm | load + search + labels | vs fast training | found "
+            "| command |",
             "|---|---|---|---|---|---|---|---|---|",
             *rows,
         ]
