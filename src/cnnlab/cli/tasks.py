@@ -1,4 +1,4 @@
-"""The commands every task has: `cnnlab TASK train|evaluate|predict`, plus fashion's activation sweep.
+"""The commands every task has: `cnnlab TASK train|evaluate|predict|tune`, plus fashion's activation sweep.
 
 Torch-heavy modules are imported inside the commands, so that `--help` answers at once."""
 
@@ -15,6 +15,7 @@ from ..catalog import TASKS
 from ..config import ReportLevel, recipe_names
 from ..errors import CnnlabError
 from ..sizes import MAX_SIDE, MAX_WORK_SIDE, MIN_WORK_SIDE
+from .tune import add_tune
 
 OVERRIDE_HELP = "Override a recipe value, e.g. --set train.epochs=3 --set optim.lr=3e-4 (repeatable)."
 PROGRESS_HELP = "Show progress bars (on stderr)."
@@ -276,4 +277,5 @@ def task_app(task: str) -> typer.Typer:
     {"classify": _classify_predict, "segment": _segment_predict}[TASKS[task].kind](sub, task)
     if TASKS[task].activation_sweep:
         _sweep(sub)
+    add_tune(sub, task)
     return sub

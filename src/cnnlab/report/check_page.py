@@ -8,7 +8,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from .html import _card, _data_uri, _kv_table, _page, _write
+from .html import SORT_JS, _card, _data_uri, _kv_table, _page, _table, _write
 
 SHOWN = 60  # groups drawn; check.json lists them all
 SHOWN_MEMBERS = 12  # images drawn of one group
@@ -21,25 +21,6 @@ CSS = """
 td img{image-rendering:pixelated;display:block}
 th.sort{cursor:pointer} th.sort::after{content:" \\2195";color:#999}
 """
-SORT_JS = """<script>
-for (const th of document.querySelectorAll("th.sort")) th.addEventListener("click", () => {
-  const table = th.closest("table"), body = table.tBodies[0], col = th.cellIndex;
-  const up = th.dataset.up !== "1"; th.dataset.up = up ? "1" : "0";
-  const key = r => {
-    const t = r.cells[col].textContent.trim(), n = parseFloat(t.replace(/,/g, ""));
-    return isNaN(n) ? t : n;
-  };
-  [...body.rows].sort((a, b) => { const x = key(a), y = key(b); return (x > y ? 1 : x < y ? -1 : 0) * (up ? 1 : -1); })
-    .forEach(r => body.appendChild(r));
-});
-</script>"""
-
-
-def _table(head: list[str], rows: list[list[str]]) -> str:
-    """A sortable table; cells are HTML already escaped."""
-    th = "".join(f'<th class="sort">{escape(h)}</th>' for h in head)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def _groups(groups: list[list[dict[str, Any]]], thumbs: dict[str, bytes], pairs: list) -> str:

@@ -165,6 +165,28 @@ def _kv_table(rows: dict[str, str], table_id: str = "") -> str:
     return f"<table{ident}><tbody>{body}</tbody></table>"
 
 
+# Tables whose header cells sort the rows when clicked (the pages' one script; without it they read as they are).
+SORT_JS = """<script>
+for (const th of document.querySelectorAll("th.sort")) th.addEventListener("click", () => {
+  const table = th.closest("table"), body = table.tBodies[0], col = th.cellIndex;
+  const up = th.dataset.up !== "1"; th.dataset.up = up ? "1" : "0";
+  const key = r => {
+    const t = r.cells[col].textContent.trim(), n = parseFloat(t.replace(/,/g, ""));
+    return isNaN(n) ? t : n;
+  };
+  [...body.rows].sort((a, b) => { const x = key(a), y = key(b); return (x > y ? 1 : x < y ? -1 : 0) * (up ? 1 : -1); })
+    .forEach(r => body.appendChild(r));
+});
+</script>"""
+
+
+def _table(head: list[str], rows: list[list[str]]) -> str:
+    """A sortable table; cells are HTML already escaped."""
+    th = "".join(f'<th class="sort">{escape(h)}</th>' for h in head)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
+
+
 def _card(key: str, value: str, sub: str = "") -> str:
     sub_html = f'<div class="s">{escape(sub)}</div>' if sub else ""
     return f'<div class="card"><div class="k">{escape(key)}</div><div class="v">{escape(value)}</div>{sub_html}</div>'

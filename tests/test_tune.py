@@ -1,0 +1,198 @@
+"""Issue 32: `cnnlab TASK tune` searches settings with Optuna; each trial a run folder, the study survives a
+kill -9 of its tuner, bad spaces and storages are one line before any trial."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import make_classify_folder, one_error_line, run_cli
+
+from cnnlab.errors import ConfigError
+from cnnlab.study.space import Param, param_option
+
+optuna = pytest.importorskip("optuna")  # the cnnlab[tune] extra; make install has it
+
+SMALL = ["--recipe", "small", "--epochs", "2", "--set", "explain.report=none"]
+
+
+def _trials(study: Path) -> list:
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = optuna.storages.JournalStorage(JournalFileBackend(str(study / "journal.log")))
+    return optuna.load_study(study_name="cnnlab", storage=storage).get_trials(deepcopy=False)
+
+
+def _tune(study: Path, data: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "cnnlab", "classify", "tune", "--data", str(data), "--study", str(study), *extra]
+
+
+@pytest.mark.parametrize(
+    ("item", "expected"),
+    [
+        ("optim.lr=1e-4..1e-2:log", Param("optim.lr", 1e-4, 1e-2, log=True)),
+        ("train.batch_size=64,128", Param("train.batch_size", choices=(64, 128))),
+        ("train.epochs=2..10:step=2", Param("train.epochs", 2, 10, step=2)),
+        ("model.activation={choices: [relu, sigmoid]}", Param("model.activation", choices=("relu", "sigmoid"))),
+    ],
+)
+def test_a_param_is_read_from_its_short_form(item, expected):
+    assert param_option(item) == expected
+    assert param_option(item).integer == (item.startswith("train.epochs"))
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--param", "optim.lrr=1..2"], "unknown key optim.lrr; did you mean optim.lr?"),
+        (["--param", "optim.lr=0.1..0.1"], "optim.lr: empty range"),
+        (["--param", "optim.lr=0.2..0.1"], "optim.lr: inverted range"),
+        (["--param", "optim.lr=0..0.1:log"], "a log range must stay above 0"),
+        (["--param", "optim.lr={low: 1, high: 2, foo: 3}"], "unknown foo"),
+        (["--param", "model.freeze=bn,none"], "resnet has no freeze setting"),  # `small` is a resnet
+        (["--param", "train.epochs=2.5..4"], "train.epochs = 2.5: Input should be a valid integer"),
+        # The recipe's space less the keys set for every trial: here all of them.
+        (
+            ["--set", "optim.lr=0.1", "--set", "optim.weight_decay=0.001", "--set", "model.width=0.5"],
+            "nothing to search",
+        ),
+        (["--param", "optim.lr=0.1..0.2", "--param", "optim.lr=0.3..0.4"], "optim.lr is searched twice"),
+        (["--param", "optim.lr=0.1..0.2", "--pruner", "asha"], "--pruner asha: choose one of median"),
+    ],
+)
+def test_a_bad_space_is_one_line_before_any_trial(tmp_path, cache_dir, monkeypatch, capsys, args, expected):
+    data = make_classify_folder(tmp_path / "data")
+    study = tmp_path / "study"
+    code, _, err = run_cli(monkeypatch, capsys, "classify", "tune", "--data", data, "--study", study, *SMALL[:2], *args)
+    one_error_line(code, err, expected)
+    assert not (study / "journal.log").exists()
+
+
+def test_a_study_writes_a_recipe_that_reproduces_its_best_trial(tmp_path, cache_dir, monkeypatch, capsys):
+    data = make_classify_folder(tmp_path / "data", per_class=12)
+    study = tmp_path / "study"
+    args = ["--param", "optim.lr=1e-3..3e-2:log", "--param", "train.batch_size=8,16", "--trials", "3"]
+    code, out, err = run_cli(
+        monkeypatch,
+        capsys,
+        "classify",
+        "tune",
+        "--data",
+        data,
+        "--study",
+        study,
+        *SMALL,
+        *args,
+        "--pruner",
+        "none",
+    )
+    assert code == 0, err
+    trials = _trials(study)
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 3
+    assert len({json.dumps(t.params, sort_keys=True) for t in trials}) == 3
+    best = max(trials, key=lambda t: t.value)
+    assert f"best: trial {best.number}, {best.value:.4f}" in out
+    for t in trials:  # each trial a normal run folder, its value the best epoch's validation accuracy
+        epochs = [json.loads(r) for r in (study / t.user_attrs["run"] / "metrics.jsonl").read_text().splitlines()]
+        assert max(r["val_acc"] for r in epochs if r["kind"] == "epoch") == t.value
+        assert [r["epoch"] for r in epochs if r["kind"] == "epoch"] == [1, 2]
+    again = tmp_path / "again"
+    threads = str(os.cpu_count() or 1)  # as the trial ran: one worker, every core
+    done = subprocess.run(
+        [sys.executable, "-m", "cnnlab", "classify", "train", "--recipe", str(study / "best.yaml"), "--out", str(again),
+         "--no-progress"],
+        env={**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}, capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(r) for r in (again / "metrics.jsonl").read_text().splitlines()]
+    assert max(r["val_acc"] for r in rows if r["kind"] == "epoch") == best.value
+    page = (study / "report.html").read_text()
+    assert "Optimization history" in page and "Parameter importance" in page and page.count("<tr>") >= 3 + 1
+    assert (study / "figures" / "history.png").is_file() and (study / "figures" / "curves.png").is_file()
+
+    code, _, err = run_cli(monkeypatch, capsys, "classify", "tune", "--data", data, "--study", study, *SMALL[:2], *args)
+    one_error_line(code, err, "already holds a study", f"--resume {study}")
+
+
+def test_kill_9_of_the_tuner_then_resume_keeps_every_completed_trial(tmp_path, cache_dir):
+    data = make_classify_folder(tmp_path / "data", per_class=12)
+    study = tmp_path / "study"
+    cmd = _tune(study, data, *SMALL[:2], "--epochs", "12", "--set", "explain.report=none", "--trials", "3",
+                "--param", "optim.lr=1e-3..3e-2:log", "--pruner", "none")  # fmt: skip
+    tuner = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline:  # one trial complete, the next one training
+            trials = _trials(study) if (study / "journal.log").exists() else []
+            running = [t for t in trials if t.state.name == "RUNNING"]
+            if any(t.state.name == "COMPLETE" for t in trials) and running:
+                metrics = study / "trials" / f"{running[0].number:04d}" / "metrics.jsonl"
+                if metrics.exists() and '"kind":"epoch"' in metrics.read_text():
+                    break
+            time.sleep(0.2)
+        else:
+            pytest.fail("the tuner never got to its second trial")
+    finally:
+        os.kill(tuner.pid, signal.SIGKILL)
+        tuner.wait()
+    before = {t.number: t.value for t in _trials(study) if t.state.name == "COMPLETE"}
+    killed = next(t for t in _trials(study) if t.state.name == "RUNNING")
+    time.sleep(1)  # the trial's process dies with its tuner (PR_SET_PDEATHSIG)
+    alive = subprocess.run(["pgrep", "-f", str(study / "trials")], capture_output=True, text=True).stdout.split()
+    assert not alive
+
+    resumed = subprocess.run([*_tune(study, data)[:5], "--resume", str(study)], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"trial {killed.number}: its tuner is gone" in resumed.stderr  # progress lines go to stderr
+    trials = _trials(study)
+    assert {t.number: t.value for t in trials if t.number in before} == before  # nothing completed was lost
+    assert sum(t.state.name == "COMPLETE" for t in trials) == 3
+    [failed] = [t for t in trials if t.state.name == "FAIL"]
+    [retry] = [t for t in trials if t.user_attrs.get("retry_of") == failed.number]
+    assert failed.number == killed.number and retry.params == failed.params and retry.state.name == "COMPLETE"
+
+
+def test_a_corrupt_or_unreachable_storage_is_one_line(tmp_path, cache_dir, monkeypatch, capsys):
+    data = make_classify_folder(tmp_path / "data")
+    study = tmp_path / "study"
+    args = ["classify", "tune", "--data", data, *SMALL[:2], "--param", "optim.lr=1e-3..1e-2", "--trials", "1"]
+    code, _, err = run_cli(monkeypatch, capsys, *args, "--study", study, "--storage", "sqlite:////nowhere/at/all.db")
+    one_error_line(code, err, "storage sqlite:////nowhere/at/all.db: cannot use it")
+    assert not study.exists()  # nothing half-made
+    (tmp_path / "s2").mkdir()
+    code, _, err = run_cli(monkeypatch, capsys, "classify", "tune", "--resume", tmp_path / "s2")
+    one_error_line(code, err, "no study.json, not a study folder")
+    code, _, err = run_cli(monkeypatch, capsys, *args, "--study", study / "s3", "--epochs", "1")
+    assert code == 0, err
+    journal = study / "s3" / "journal.log"
+    kept = journal.read_bytes()
+    journal.write_bytes(kept + b'{"op_code": 5, "worker_id": "x", "trial_id": 0, not json\n')
+    code, _, err = run_cli(monkeypatch, capsys, "classify", "tune", "--resume", study / "s3")
+    one_error_line(code, err, f"storage {journal}: cannot use it")
+    assert journal.read_bytes().startswith(kept)  # the completed trial is still there
+
+
+def test_resume_refuses_a_new_space(tmp_path, monkeypatch, capsys):
+    with pytest.raises(ConfigError):
+        param_option("optim.lr")
+    code, _, err = run_cli(monkeypatch, capsys, "classify", "tune", "--resume", tmp_path, "--param", "optim.lr=1..2")
+    one_error_line(code, err, "params with --resume")
+
+
+def test_two_workers_share_one_study_and_the_count_adds_up(tmp_path, cache_dir, monkeypatch, capsys):
+    data = make_classify_folder(tmp_path / "data", per_class=12)
+    study = tmp_path / "study"
+    args = ["--param", "optim.lr=1e-3..3e-2:log", "--trials", "4", "--workers", "2", "--pruner", "none"]
+    code, _, err = run_cli(monkeypatch, capsys, "classify", "tune", "--data", data, "--study", study, *SMALL, *args)
+    assert code == 0, err
+    trials = _trials(study)
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 4
+    assert len({t.user_attrs["run"] for t in trials}) == 4
+    first, second = sorted(trials, key=lambda t: t.datetime_start)[:2]
+    assert second.datetime_start < first.datetime_complete  # two trials at once
