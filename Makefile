@@ -18,6 +18,9 @@ system-deps:
 	@# ip (network namespaces) and pgrep: the two-host torchrun tests (make test-hosts)
 	@if command -v apt-get >/dev/null 2>&1 && ! (command -v ip && command -v pgrep) >/dev/null 2>&1; then \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq iproute2 procps; fi
+	@# PostgreSQL: the study two hosts share in tests/test_tune_hosts.py (make test-hosts)
+	@if command -v apt-get >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq postgresql; fi
 
 # torch is installed on its own, pinned: an unpinned resolve pulls a multi-GB CUDA build.
 $(STAMP): pyproject.toml
@@ -42,7 +45,7 @@ test-slow: install
 
 # torchrun over two hosts made of network namespaces (root): about 4 minutes, so not in `make test`; CI runs it.
 test-hosts: install
-	$(BIN)/pytest -q -m slow tests/test_two_hosts.py
+	$(BIN)/pytest -q -m slow tests/test_two_hosts.py tests/test_tune_hosts.py
 
 # `cnnlab check` on the whole facade and Fashion-MNIST sets (about 2 minutes on 2 cores); CI runs it.
 test-check: install

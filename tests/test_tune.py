@@ -188,11 +188,12 @@ def test_resume_refuses_a_new_space(tmp_path, monkeypatch, capsys):
 def test_two_workers_share_one_study_and_the_count_adds_up(tmp_path, cache_dir, monkeypatch, capsys):
     data = make_classify_folder(tmp_path / "data", per_class=12)
     study = tmp_path / "study"
-    args = ["--param", "optim.lr=1e-3..3e-2:log", "--trials", "4", "--workers", "2", "--pruner", "none"]
+    args = ["--param", "optim.lr=1e-3..3e-1:log", "--trials", "4", "--workers", "2", "--pruner", "none"]
     code, _, err = run_cli(monkeypatch, capsys, "classify", "tune", "--data", data, "--study", study, *SMALL, *args)
     assert code == 0, err
     trials = _trials(study)
     assert [t.state.name for t in trials] == ["COMPLETE"] * 4
     assert len({t.user_attrs["run"] for t in trials}) == 4
+    assert trials[0].params == {"optim.lr": 0.1} and trials[0].user_attrs["base"]  # the recipe's own, first
     first, second = sorted(trials, key=lambda t: t.datetime_start)[:2]
     assert second.datetime_start < first.datetime_complete  # two trials at once

@@ -190,7 +190,7 @@ def test_a_facade_sample_with_the_slider_the_toggles_and_the_downloads(page):
     colours = np.array([hex_to_rgb(c) for c in get_task("facade").colors], float)[values]
     assert overlay.shape == (256, 256, 4) and (overlay[..., 3] == 255).all()  # a canvas's PNG: RGBA, opaque
     assert np.abs(overlay[..., :3] - (0.7 * photo + 0.3 * colours)).mean() < 1.5
-    assert page.find_element(By.ID, "segment-download-overlay").get_attribute("download") == "eecs442_0047_overlay.png"
+    assert page.find_element(By.ID, "segment-download-overlay").get_attribute("download") == "eecs442_0002_overlay.png"
     saved = json.loads(_blob_text(page, "segment-download-json"))
     assert (saved["width"], saved["height"], saved["model"]) == (256, 256, "facade")
     assert [100 * a for a in saved["areas"].values()] == pytest.approx(shares, abs=0.051)

@@ -37,6 +37,7 @@ def trial_rows(study: Any, folder: Path) -> list[dict[str, Any]]:
                 "seconds": t.user_attrs.get("seconds"),
                 "run": t.user_attrs.get("run"),
                 "retry_of": t.user_attrs.get("retry_of"),
+                "base": t.user_attrs.get("base", False),
             }
         )
     return rows
@@ -84,7 +85,8 @@ def write_study_page(folder: Path, spec: dict[str, Any], study: Any) -> Path:
         report = folder / str(r["run"]) / "report.html"
         link = f'<a href="{escape(r["run"])}/report.html">{r["number"]}</a>' if report.is_file() else str(r["number"])
         table.append(
-            [link, r["state"] + (f" (retry of {r['retry_of']})" if r["retry_of"] is not None else ""),
+            [link, r["state"] + (f" (retry of {r['retry_of']})" if r["retry_of"] is not None else "")
+             + (" (the recipe's own settings)" if r["base"] else ""),
              "" if r["value"] is None else f"{r['value']:.4f}", str(r["epochs"]),
              "" if r["seconds"] is None else f"{r['seconds']:.0f}",
              *(escape(shown(r["params"][k]) if k in r["params"] else "") for k in keys)]

@@ -94,6 +94,7 @@ def create(
     folder.mkdir(parents=True, exist_ok=True)
     dump_config(base, folder / "base.yaml")
     check_space(space, base.task, str(folder / "base.yaml"), [], "search space")
+    first = _values(base, space)
     spec = {
         "task": base.task,
         "metric": get_task(base).primary,
@@ -102,9 +103,22 @@ def create(
         "storage": storage or str(folder / "journal.log"),
         "space": [asdict(p) for p in space],
         "seed": base.train.seed,
+        # The recipe as it stands is the first trial, where the space holds its values: the study starts from
+        # the hand-picked settings and reports whether it beat them.
+        "first": first if all(p.holds(first[p.key]) for p in space) else None,
     }
     write_json(folder / "study.json", spec)
     return spec
+
+
+def _values(cfg: RunConfig, space: Sequence[Param]) -> dict[str, Any]:
+    out = {}
+    for p in space:
+        node: Any = cfg
+        for part in p.key.split("."):
+            node = getattr(node, part)
+        out[p.key] = node
+    return out
 
 
 def read_spec(folder: Path) -> dict[str, Any]:
@@ -162,6 +176,8 @@ class Study:
         self.folder, self.spec = folder, spec
         self.space = [Param(**{**p, "choices": tuple(p["choices"]) if p["choices"] else None}) for p in spec["space"]]
         self.storage, self.study = open_storage(storage_url or spec["storage"], spec["pruner"])
+        if spec.get("first") and not self.study.get_trials(deepcopy=False):
+            self.study.enqueue_trial(spec["first"], user_attrs={"base": True})
         self.lock = threading.Lock()
         self.failed_own = 0
         (folder / "trials").mkdir(exist_ok=True)
@@ -241,6 +257,9 @@ class Study:
         best_cfg = load_config(self.spec["task"], str(run / "config.yaml"))
         dump_config(best_cfg, self.folder / "best.yaml")
         summary.update(best_trial=best.number, best_value=best.value, best_params=best.params, best_run=str(run))
+        base = [t for t in trials if t.user_attrs.get("base") and t.value is not None]
+        if base:
+            summary["base_value"] = base[0].value
         return summary
 
 

@@ -53,6 +53,16 @@ class Param:
             return trial.suggest_int(self.key, self.low, self.high, step=self.step or 1, log=self.log)
         return trial.suggest_float(self.key, self.low, self.high, step=self.step, log=self.log)
 
+    def holds(self, value: Any) -> bool:
+        """Whether a trial could take `value` (the base recipe's, to try first)."""
+        if self.choices is not None:
+            return value in self.choices
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not self.low <= value <= self.high:
+            return False
+        if self.integer and value != int(value):
+            return False
+        return self.step is None or abs((value - self.low) / self.step - round((value - self.low) / self.step)) < 1e-9
+
     def edges(self) -> list[Any]:
         """The values a trial could take at the edges of the space (every choice), to check before the study."""
         return list(self.choices) if self.choices is not None else [self.low, self.high]
