@@ -51,7 +51,7 @@ def database(hosts):  # noqa: F811 - the fixture imported above
          "-c", f"listen_addresses={hosts[0].addr}", "-k", folder],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    url = f"postgresql+psycopg://postgres@{hosts[0].addr}:{PORT}/postgres"
+    url = f"postgresql://postgres@{hosts[0].addr}:{PORT}/postgres"  # as people write it
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:

@@ -277,12 +277,13 @@ def tune(
     overrides: Sequence[str] = (),
     **shortcuts: Any,
 ) -> dict[str, Any]:
-    """Search settings with Optuna as `cnnlab TASK tune` does; returns the study's summary (counts, best
-    trial, its value, params and run folder, `base_value` of the recipe's own settings, report). Every trial starts from `recipe` + `overrides` +
-    shortcuts (epochs, limit, data_dir, ...) and varies the keys of the search space: `params`
-    ("optim.lr=1e-4..1e-2:log", "train.batch_size=64,128"), a `space` YAML file, else the recipe's `tune:`
-    section. The study folder is `study` (default runs/tune-<task>-<recipe>-<time>); `resume` continues
-    one (or joins it from another process or host); `storage` a database URL shared by several hosts."""
+    """Search settings with Optuna as `cnnlab TASK tune` does; returns the study's summary (counts; the best
+    trial, its value, params and run folder; `base_value`, the recipe's own settings' value; the report).
+    Every trial starts from `recipe` + `overrides` + shortcuts (epochs, limit, data_dir, ...) and varies
+    the keys of the search space: `params` ("optim.lr=1e-4..1e-2:log", "train.batch_size=64,128"), a `space`
+    YAML file, else the recipe's `tune:` section. The study folder is `study` (default
+    runs/tune-<task>-<recipe>-<time>); `resume` continues one (or joins it from another process or host);
+    `storage` a database URL several hosts share."""
     from .study import create, read_spec, run_study
     from .study.space import param_option, recipe_space, space_file
 

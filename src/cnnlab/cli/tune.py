@@ -33,13 +33,15 @@ def add_tune(sub: typer.Typer, task: str) -> None:
             None, metavar="DIR", help="The study folder (default: runs/tune-<task>-<recipe>-<time>)."
         ),
         storage: str | None = typer.Option(
-            None, metavar="URL", help="A database for the study, e.g. postgresql://host/db (default: STUDY/journal.log)"
+            None,
+            metavar="URL",
+            help="A database several hosts share, e.g. postgresql://user@host/db (default: STUDY/journal.log).",
         ),
         workers: int = typer.Option(1, help="Trials run at once here; the cores are split between them."),
         resume: Path | None = typer.Option(
             None, metavar="STUDY", help="Continue a study (after a stop or kill), or join it from another host."
         ),
-        pruner: str = typer.Option("median", help="Stop poor trials early: median, hyperband or none."),
+        pruner: str = typer.Option("median", metavar="NAME", help="Stop poor trials early: median, hyperband or none."),
         set_: list[str] = typer.Option(
             [], "--set", metavar="KEY=VALUE", help="Set a base value for every trial, e.g. --set train.epochs=3."
         ),

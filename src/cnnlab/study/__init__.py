@@ -53,7 +53,9 @@ def open_storage(url: str, pruner: str = "none") -> tuple[Any, Any]:
     optuna = _optuna()
     try:
         if "://" in url:
-            storage = optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+            # psycopg (3) is the driver cnnlab[postgres] installs; SQLAlchemy's default would be psycopg2.
+            dsn = url.replace("postgresql://", "postgresql+psycopg://", 1) if url.startswith("postgresql://") else url
+            storage = optuna.storages.RDBStorage(dsn, engine_kwargs={"pool_pre_ping": True})
         else:
             from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
