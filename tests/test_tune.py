@@ -197,3 +197,29 @@ def test_two_workers_share_one_study_and_the_count_adds_up(tmp_path, cache_dir, 
     assert trials[0].params == {"optim.lr": 0.1} and trials[0].user_attrs["base"]  # the recipe's own, first
     first, second = sorted(trials, key=lambda t: t.datetime_start)[:2]
     assert second.datetime_start < first.datetime_complete  # two trials at once
+
+
+def test_ctrl_c_stops_the_trials_and_resume_runs_them_again(tmp_path, cache_dir):
+    data = make_classify_folder(tmp_path / "data", per_class=12)
+    study = tmp_path / "study"
+    cmd = _tune(study, data, *SMALL[:2], "--epochs", "30", "--set", "explain.report=none", "--trials", "2",
+                "--param", "optim.lr=1e-3..3e-2:log", "--pruner", "none")  # fmt: skip
+    tuner = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # the first trial training
+        metrics = study / "trials" / "0000" / "metrics.jsonl"
+        if metrics.exists() and '"kind":"epoch"' in metrics.read_text():
+            break
+        time.sleep(0.2)
+    tuner.send_signal(signal.SIGINT)  # as Ctrl-C in a terminal, to the tuner alone
+    _, err = tuner.communicate(timeout=120)
+    assert tuner.returncode == 130, err
+    assert "trial 0 stopped" in err and f"--resume {study}" in err
+    assert not subprocess.run(["pgrep", "-f", str(study / "trials")], capture_output=True).stdout  # none left
+    stopped, queued = _trials(study)
+    assert stopped.state.name == "FAIL" and queued.state.name == "WAITING"
+    resumed = subprocess.run([*_tune(study, data)[:5], "--resume", str(study)], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    trials = _trials(study)
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE", "COMPLETE"]
+    assert trials[1].user_attrs["retry_of"] == 0 and trials[1].params == stopped.params

@@ -181,6 +181,7 @@ class Study:
         if spec.get("first") and not self.study.get_trials(deepcopy=False):
             self.study.enqueue_trial(spec["first"], user_attrs={"base": True})
         self.lock = threading.Lock()
+        self.halt = threading.Event()  # set on Ctrl-C: the workers stop their trials and ask for no more
         self.failed_own = 0
         (folder / "trials").mkdir(exist_ok=True)
 
@@ -206,6 +207,8 @@ class Study:
                 done, running = self.done()
                 if done >= n or (deadline and time.time() > deadline) or self.failed_own >= MAX_FAILED:
                     return
+                if self.halt.is_set():
+                    return
                 if done + running >= n:
                     trial = None  # the last trials are running elsewhere: wait, in case one of them dies
                 else:
@@ -229,7 +232,7 @@ class Study:
         started = time.perf_counter()
         state, value = tr.run_trial(
             trial, cmd, run_dir, run_dir.with_suffix(".log"), self.spec["metric"], threads,
-            lambda: self.storage.set_trial_user_attr(trial._trial_id, "heartbeat", time.time()),
+            lambda: self.storage.set_trial_user_attr(trial._trial_id, "heartbeat", time.time()), self.halt,
         )  # fmt: skip
         seconds = time.perf_counter() - started
         self.storage.set_trial_user_attr(trial._trial_id, "seconds", round(seconds, 1))
@@ -238,6 +241,11 @@ class Study:
             study.tell(trial, value)
         elif state == "pruned":
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        elif state == "interrupted":
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            study.enqueue_trial(params, user_attrs={"retry_of": trial.number})
+            say(f"trial {trial.number} stopped ({text}); its parameters are queued for --resume")
+            return
         else:
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
             with self.lock:
@@ -281,11 +289,31 @@ def run_study(
     study = Study(folder, spec, storage)
     threads = max(1, (os.cpu_count() or 1) // workers)
     deadline = time.time() + timeout if timeout else None
-    pool = [threading.Thread(target=study.work, args=(w, threads, deadline, say), daemon=True) for w in range(workers)]
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join()
+    ended = [threading.Event() for _ in range(workers)]
+
+    def worker(w: int) -> None:
+        try:
+            study.work(w, threads, deadline, say)
+        finally:
+            ended[w].set()
+
+    for w in range(workers):
+        threading.Thread(target=worker, args=(w,), daemon=True).start()
+
+    # Waiting by sleeping, not Thread.join: a join that Ctrl-C interrupts can mark a running thread as ended
+    # (CPython before 3.13), and the tuner would leave before its trials had saved.
+    def wait(seconds: float) -> None:
+        limit = time.monotonic() + seconds
+        while not all(e.is_set() for e in ended) and time.monotonic() < limit:
+            time.sleep(0.2)
+
+    try:
+        wait(float("inf"))
+    except KeyboardInterrupt:
+        study.halt.set()
+        say(f"stopping: the running trials save and are queued again; continue with --resume {folder}")
+        wait(120)
+        raise
     summary = study.finish()
     if study.failed_own >= MAX_FAILED:
         raise CnnlabError(f"{MAX_FAILED} trials failed on their own; see the .log files in {folder / 'trials'}")

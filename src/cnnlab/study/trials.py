@@ -38,11 +38,18 @@ def epoch_rows(metrics: Path, offset: int) -> tuple[list[dict[str, Any]], int]:
 
 
 def run_trial(
-    trial: Any, cmd: list[str], run_dir: Path, log: Path, metric: str, threads: int, heartbeat: Any
+    trial: Any,
+    cmd: list[str],
+    run_dir: Path,
+    log: Path,
+    metric: str,
+    threads: int,
+    heartbeat: Any,
+    halt: threading.Event,
 ) -> tuple[str, float | None]:
     """Run `cmd` (a train command writing `run_dir`), reporting each epoch's validation `metric` to `trial`
-    and stopping the run when the pruner says so. Returns ("complete", best value), ("pruned", best so far)
-    or ("fail", None)."""
+    and stopping the run when the pruner says so, or when `halt` is set (the tuner was interrupted).
+    Returns ("complete", best value), ("pruned", best so far), ("interrupted", None) or ("fail", None)."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     stop = threading.Event()
 
@@ -52,7 +59,7 @@ def run_trial(
 
     beating = threading.Thread(target=beat, daemon=True)
     beating.start()
-    best, offset, pruned = None, 0, False
+    best, offset, pruned, halted = None, 0, False, False
     try:
         with open(log, "ab") as out:
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent)
@@ -66,6 +73,9 @@ def run_trial(
                     if not pruned and not done and trial.should_prune():
                         pruned = True
                         proc.send_signal(signal.SIGTERM)  # the loop stops after its step and saves
+                if halt.is_set() and not done and not pruned and not halted:
+                    halted = True
+                    proc.send_signal(signal.SIGTERM)
                 if done:
                     break
                 time.sleep(0.5)
@@ -73,6 +83,8 @@ def run_trial(
         stop.set()
     if pruned:
         return "pruned", best
+    if halted or proc.returncode == 130:  # stopped by Ctrl-C or SIGTERM, not by a fault of its own
+        return "interrupted", None
     if proc.returncode != 0 or best is None:
         return "fail", None
     return "complete", best
