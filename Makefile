@@ -45,7 +45,7 @@ test-slow: install
 
 # torchrun over two hosts made of network namespaces (root): about 4 minutes, so not in `make test`; CI runs it.
 test-hosts: install
-	$(BIN)/pytest -q -m slow tests/test_two_hosts.py tests/test_tune_hosts.py
+	$(BIN)/pytest -q -m slow tests/test_two_hosts.py tests/test_tune_hosts.py tests/test_tune.py
 
 # `cnnlab check` on the whole facade and Fashion-MNIST sets (about 2 minutes on 2 cores); CI runs it.
 test-check: install

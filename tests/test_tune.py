@@ -120,6 +120,7 @@ def test_a_study_writes_a_recipe_that_reproduces_its_best_trial(tmp_path, cache_
     one_error_line(code, err, "already holds a study", f"--resume {study}")
 
 
+@pytest.mark.slow  # a tuner process killed or stopped mid-trial: make test-hosts runs it
 def test_kill_9_of_the_tuner_then_resume_keeps_every_completed_trial(tmp_path, cache_dir):
     data = make_classify_folder(tmp_path / "data", per_class=12)
     study = tmp_path / "study"
@@ -199,6 +200,7 @@ def test_two_workers_share_one_study_and_the_count_adds_up(tmp_path, cache_dir, 
     assert second.datetime_start < first.datetime_complete  # two trials at once
 
 
+@pytest.mark.slow  # a tuner process killed or stopped mid-trial: make test-hosts runs it
 def test_ctrl_c_stops_the_trials_and_resume_runs_them_again(tmp_path, cache_dir):
     data = make_classify_folder(tmp_path / "data", per_class=12)
     study = tmp_path / "study"

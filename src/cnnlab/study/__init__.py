@@ -102,7 +102,7 @@ def create(
         "metric": get_task(base).primary,
         "trials": trials,
         "pruner": pruner,
-        "storage": storage or str(folder / "journal.log"),
+        "storage": _stored(storage),
         "space": [asdict(p) for p in space],
         "seed": base.train.seed,
         # The recipe as it stands is the first trial, where the space holds its values: the study starts from
@@ -111,6 +111,14 @@ def create(
     }
     write_json(folder / "study.json", spec)
     return spec
+
+
+def _stored(storage: str | None) -> str:
+    """How study.json names the storage: a database URL as given; a journal file absolute, or by default
+    journal.log relative to the study folder (so that --resume works from any folder, and after a move)."""
+    if storage is None:
+        return "journal.log"
+    return storage if "://" in storage else str(Path(storage).resolve())
 
 
 def _values(cfg: RunConfig, space: Sequence[Param]) -> dict[str, Any]:
@@ -177,7 +185,8 @@ class Study:
     def __init__(self, folder: Path, spec: dict[str, Any], storage_url: str | None = None):
         self.folder, self.spec = folder, spec
         self.space = [Param(**{**p, "choices": tuple(p["choices"]) if p["choices"] else None}) for p in spec["space"]]
-        self.storage, self.study = open_storage(storage_url or spec["storage"], spec["pruner"])
+        url = storage_url or spec["storage"]
+        self.storage, self.study = open_storage(url if "://" in url else str(folder / url), spec["pruner"])
         if spec.get("first") and not self.study.get_trials(deepcopy=False):
             self.study.enqueue_trial(spec["first"], user_attrs={"base": True})
         self.lock = threading.Lock()
