@@ -23,8 +23,6 @@ def trial_rows(study: Any, folder: Path) -> list[dict[str, Any]]:
     """Each trial as plain data: number, state, value (a pruned trial: its last reported), params, run folder."""
     rows = []
     for t in study.get_trials(deepcopy=False):
-        if t.user_attrs.get("surplus"):
-            continue
         value = t.value if t.value is not None else (t.intermediate_values[max(t.intermediate_values)]
                                                      if t.intermediate_values else None)  # fmt: skip
         rows.append(
