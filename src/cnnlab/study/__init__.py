@@ -185,8 +185,10 @@ class Study:
     def __init__(self, folder: Path, spec: dict[str, Any], storage_url: str | None = None):
         self.folder, self.spec = folder, spec
         self.space = [Param(**{**p, "choices": tuple(p["choices"]) if p["choices"] else None}) for p in spec["space"]]
-        url = storage_url or spec["storage"]
-        self.storage, self.study = open_storage(url if "://" in url else str(folder / url), spec["pruner"])
+        url = storage_url or spec["storage"]  # given: as given; study.json's journal: relative to the folder
+        if not storage_url and "://" not in url:
+            url = str(folder / url)
+        self.storage, self.study = open_storage(url, spec["pruner"])
         if spec.get("first") and not self.study.get_trials(deepcopy=False):
             self.study.enqueue_trial(spec["first"], user_attrs={"base": True})
         self.lock = threading.Lock()
