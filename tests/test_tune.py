@@ -206,7 +206,9 @@ def test_ctrl_c_stops_the_trials_and_resume_runs_them_again(tmp_path, cache_dir)
     study = tmp_path / "study"
     cmd = _tune(study, data, *SMALL[:2], "--epochs", "30", "--set", "explain.report=none", "--trials", "2",
                 "--param", "optim.lr=1e-3..3e-2:log", "--pruner", "none")  # fmt: skip
-    tuner = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # SIGINT as a terminal leaves it: a job started in the background (nohup, &) inherits it ignored.
+    restore = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
+    tuner = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=restore)
     deadline = time.time() + 120
     while time.time() < deadline:  # the first trial training
         metrics = study / "trials" / "0000" / "metrics.jsonl"
