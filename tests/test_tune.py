@@ -76,6 +76,7 @@ def test_a_bad_space_is_one_line_before_any_trial(tmp_path, cache_dir, monkeypat
 
 def test_a_study_writes_a_recipe_that_reproduces_its_best_trial(tmp_path, cache_dir, monkeypatch, capsys):
     data = make_classify_folder(tmp_path / "data", per_class=12)
+    (make_classify_folder(tmp_path / "t", per_class=4) / "train").rename(data / "test")
     study = tmp_path / "study"
     args = ["--param", "optim.lr=1e-3..3e-2:log", "--param", "train.batch_size=8,16", "--trials", "3"]
     code, out, err = run_cli(
@@ -98,6 +99,7 @@ def test_a_study_writes_a_recipe_that_reproduces_its_best_trial(tmp_path, cache_
     assert len({json.dumps(t.params, sort_keys=True) for t in trials}) == 3
     best = max(trials, key=lambda t: t.value)
     assert f"best: trial {best.number}, {best.value:.4f}" in out
+    assert "its test acc (the study's one look at the test split): " in out
     for t in trials:  # each trial a normal run folder, its value the best epoch's validation accuracy
         epochs = [json.loads(r) for r in (study / t.user_attrs["run"] / "metrics.jsonl").read_text().splitlines()]
         assert max(r["val_acc"] for r in epochs if r["kind"] == "epoch") == t.value
@@ -112,7 +114,13 @@ def test_a_study_writes_a_recipe_that_reproduces_its_best_trial(tmp_path, cache_
     assert done.returncode == 0, done.stderr
     rows = [json.loads(r) for r in (again / "metrics.jsonl").read_text().splitlines()]
     assert max(r["val_acc"] for r in rows if r["kind"] == "epoch") == best.value
+    # The study read the test split once, the best trial's, when it ended; best.yaml's run reads its own.
+    tested = [t.number for t in trials if (study / t.user_attrs["run"] / "eval_test.json").is_file()]
+    assert tested == [best.number] and (again / "eval_test.json").is_file()
+    test_acc = json.loads((study / best.user_attrs["run"] / "eval_test.json").read_text())["acc"]
+    assert json.loads((again / "eval_test.json").read_text())["acc"] == test_acc
     page = (study / "report.html").read_text()
+    assert f"test acc {test_acc:.4f} (read once)" in page
     assert "Optimization history" in page and "Parameter importance" in page and page.count("<tr>") >= 3 + 1
     assert (study / "figures" / "history.png").is_file() and (study / "figures" / "curves.png").is_file()
 
@@ -227,3 +235,55 @@ def test_ctrl_c_stops_the_trials_and_resume_runs_them_again(tmp_path, cache_dir)
     trials = _trials(study)
     assert [t.state.name for t in trials] == ["FAIL", "COMPLETE", "COMPLETE"]
     assert trials[1].user_attrs["retry_of"] == 0 and trials[1].params == stopped.params
+
+
+def test_a_locked_storage_is_one_line_or_waited_out_and_keeps_its_trials(tmp_path, monkeypatch):
+    import functools
+    import sqlite3
+
+    from optuna.storages import journal as oj
+
+    from cnnlab.errors import CnnlabError
+    from cnnlab.study import open_storage
+
+    # A database another process holds locked: SQLite's own wait (5 s), then one line.
+    db = tmp_path / "s.db"
+    _, study = open_storage(f"sqlite:///{db}")
+    study.add_trial(optuna.trial.create_trial(value=0.5))
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    with pytest.raises(CnnlabError) as e:
+        open_storage(f"sqlite:///{db}")
+    assert "\n" not in str(e.value) and "database is locked" in str(e.value)
+    holder.execute("ROLLBACK")
+    assert [t.value for t in open_storage(f"sqlite:///{db}")[1].get_trials()] == [0.5]
+
+    # A journal whose lock a killed tuner left behind: Optuna breaks a lock older than its grace period
+    # (30 s; 3 s here) and the study goes on with its completed trial.
+    journal = tmp_path / "journal.log"
+    _, study = open_storage(str(journal))
+    study.add_trial(optuna.trial.create_trial(value=0.7))
+    Path(f"{journal}.lock").touch()
+    monkeypatch.setattr(oj, "JournalFileOpenLock", functools.partial(oj.JournalFileOpenLock, grace_period=3))
+    start = time.monotonic()
+    _, study = open_storage(str(journal))
+    assert time.monotonic() - start >= 3
+    assert [t.value for t in study.get_trials()] == [0.7]
+    assert not Path(f"{journal}.lock").exists()
+
+
+@pytest.mark.parametrize(
+    ("task", "recipe"),
+    [(t, r) for t in ("fashion", "facade", "classify") for r in __import__("cnnlab.config").config.recipe_names(t)],
+)
+def test_every_shipped_recipe_has_a_space_its_model_takes(tmp_path, task, recipe):
+    from cnnlab.config import dump_config
+    from cnnlab.resolve import resolve_config
+    from cnnlab.study.space import check_space, recipe_space
+
+    base = resolve_config(task, recipe, [])
+    dump_config(base, tmp_path / "base.yaml")
+    space = recipe_space(task, recipe)
+    assert len(space) >= 3
+    check_space(space, task, str(tmp_path / "base.yaml"), [], recipe)  # every edge value builds the model
+    assert all(p.holds(getattr(getattr(base, p.key.split(".")[0]), p.key.split(".")[1])) for p in space)

@@ -278,7 +278,8 @@ def tune(
     **shortcuts: Any,
 ) -> dict[str, Any]:
     """Search settings with Optuna as `cnnlab TASK tune` does; returns the study's summary (counts; the best
-    trial, its value, params and run folder; `base_value`, the recipe's own settings' value; the report).
+    trial, its value, params and run folder; `best_test`, its test metrics, the only trial whose test split is
+    read; `base_value`, the recipe's own settings' value; the report).
     Every trial starts from `recipe` + `overrides` + shortcuts (epochs, limit, data_dir, ...) and varies
     the keys of the search space: `params` ("optim.lr=1e-4..1e-2:log", "train.batch_size=64,128"), a `space`
     YAML file, else the recipe's `tune:` section. The study folder is `study` (default
@@ -298,6 +299,8 @@ def tune(
         fixed = {parse_override(o).key for o in overrides} | {o.key for o in shortcut_overrides(**shortcuts)}
         if "explain.report" not in fixed and base.explain.report == "full":
             base.explain.report = "summary"  # many trials: each a cheap report, unless asked for more
+        if "train.test" not in fixed:
+            base.train.test = False  # choices by validation only; the best trial's test is read once, at the end
         searched = [*(space_file(Path(space)) if space else []), *map(param_option, params)]
         if not searched:  # the recipe's space, less the keys the user set for every trial (--epochs 2: not searched)
             searched = [p for p in recipe_space(task, recipe or base.recipe) if p.key not in fixed]

@@ -141,6 +141,11 @@ class TrainConfig(_Strict):
         description="segmentation: final evaluations average over the image resized by each factor",
     )
     tensorboard: bool = False
+    test: bool = Field(
+        True,
+        description="evaluate the best checkpoint on the test split at the end; a tune study's trials do not "
+        "(the study reads the best trial's test split once, when it ends)",
+    )
     dist_timeout_s: float = Field(
         1800.0,
         gt=0.0,

@@ -63,6 +63,10 @@ def add_tune(sub: typer.Typer, task: str) -> None:
         )  # fmt: skip
         if "best_trial" in summary:
             typer.echo(f"best: trial {summary['best_trial']}, {summary['best_value']:.4f} ({summary['best_run']})")
+        if "best_test" in summary:
+            metric = summary["metric"]
+            test = summary["best_test"][metric]
+            typer.echo(f"its test {metric} (the study's one look at the test split): {test:.4f}")
         if "base_value" in summary:
             typer.echo(f"the recipe's own settings: {summary['base_value']:.4f}")
         typer.echo(summary["report"])

@@ -302,7 +302,7 @@ class Trainer:
             self.task.report_training(self.run_dir, history, self.net, self.cfg)
         if not partial:
             evaluate(self.run_dir, split="val", device=str(self.rt.device), data=self.data)
-            if len(self.data.get("test", [])):
+            if self.cfg.train.test and len(self.data.get("test", [])):
                 m = evaluate(self.run_dir, split="test", device=str(self.rt.device), data=self.data)
                 self.say(f"[bold]test[/] (best checkpoint, {m['n']} images): {self.task.summary_line(m)}")
         self.finished = True

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..plots.study import plot_curves, plot_history, plot_importance, plot_parallel
-from ..runs import read_history
+from ..runs import read_history, read_json
 from .html import SORT_JS, _card, _kv_table, _page, _png_tag, _table, _write
 
 
@@ -101,13 +101,20 @@ def write_study_page(folder: Path, spec: dict[str, Any], study: Any) -> Path:
         [
             _card("trials", f"{len(rows)}", ", ".join(f"{k} {v}" for k, v in states.items() if v)),
             _card(f"best val {metric}", f"{best['value']:.4f}" if best else "n/a",
-                  f"trial {best['number']}" if best else ""),
+                  f"trial {best['number']}" + _test_text(folder / str(best["run"]), metric) if best else ""),
             _card("asked for", f"{spec['trials']}", f"pruner: {spec['pruner']}"),
         ]
     )  # fmt: skip
     header = f"<header><h1>cnnlab tune: {escape(spec['task'])}</h1><div class='cards'>{cards}</div></header>"
     page = _page(f"cnnlab tune: {spec['task']}", header, sections)
     return _write(folder / "report.html", page.replace("</body>", SORT_JS + "</body>"))
+
+
+def _test_text(run: Path, metric: str) -> str:
+    # The study's one look at the test split: the best trial's, made when the study ended.
+    if not (run / "eval_test.json").is_file():
+        return ""
+    return f"; test {metric} {read_json(run / 'eval_test.json')[metric]:.4f} (read once)"
 
 
 def _space_text(p: dict[str, Any]) -> str:

@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from ..config import RunConfig, dump_config, load_config
-from ..errors import CnnlabError, ConfigError
+from ..engine.evaluation import evaluate
+from ..errors import CheckpointError, CnnlabError, ConfigError
 from ..outputs import check_dir, write_json
 from ..report.study_page import shown, write_study_page
 from ..runs import read_json
@@ -129,6 +130,17 @@ def _values(cfg: RunConfig, space: Sequence[Param]) -> dict[str, Any]:
             node = getattr(node, part)
         out[p.key] = node
     return out
+
+
+def best_test(run: Path) -> dict[str, Any] | None:
+    """The best trial's test metrics: the one test evaluation of a study, made when it ends (trials skip
+    theirs, so that nothing in the study can be chosen by the test split). None for data without one."""
+    if (run / "eval_test.json").is_file():
+        return read_json(run / "eval_test.json")
+    try:
+        return evaluate(run, split="test", report="none")
+    except CheckpointError:
+        return None  # the data has no test split (the trial's own checkpoint loaded at every epoch)
 
 
 def read_spec(folder: Path) -> dict[str, Any]:
@@ -269,15 +281,18 @@ class Study:
     def finish(self) -> dict[str, Any]:
         """best.yaml from the best trial (when there is one) and the summary study.json's readers want."""
         trials = self.study.get_trials(deepcopy=False)
-        summary: dict[str, Any] = {"counts": counts(trials)}
+        summary: dict[str, Any] = {"counts": counts(trials), "metric": self.spec["metric"]}
         try:
             best = self.study.best_trial
         except ValueError:
             return summary
         run = self.folder / best.user_attrs["run"]
         best_cfg = load_config(self.spec["task"], str(run / "config.yaml"))
+        best_cfg.train.test = True  # best.yaml is a recipe for a normal run
         dump_config(best_cfg, self.folder / "best.yaml")
         summary.update(best_trial=best.number, best_value=best.value, best_params=best.params, best_run=str(run))
+        if test := best_test(run):
+            summary["best_test"] = test
         base = [t for t in trials if t.user_attrs.get("base") and t.value is not None]
         if base:
             summary["base_value"] = base[0].value
