@@ -124,6 +124,10 @@ def test_a_study_writes_a_recipe_that_reproduces_its_best_trial(tmp_path, cache_
     assert "Optimization history" in page and "Parameter importance" in page and page.count("<tr>") >= 3 + 1
     assert (study / "figures" / "history.png").is_file() and (study / "figures" / "curves.png").is_file()
 
+    code, _, err = run_cli(monkeypatch, capsys, "report", "--compare", study, "-o", tmp_path / "compare.html")
+    assert code == 0, err  # the trials side by side: a study folder is a folder of runs
+    assert all(f"<th>{t.number:04d}</th>" in (tmp_path / "compare.html").read_text() for t in trials)
+
     code, _, err = run_cli(monkeypatch, capsys, "classify", "tune", "--data", data, "--study", study, *SMALL[:2], *args)
     one_error_line(code, err, "already holds a study", f"--resume {study}")
 
