@@ -34,26 +34,29 @@ def study(name: str, task: str, args: list[str], minutes: float, reuse: bool) ->
     if not (reuse and (folder / "study.json").exists()):
         if folder.exists():
             raise SystemExit(f"{folder}: exists; remove it, or --reuse it")
-        start = time.time()
         subprocess.run([*CLI, *cmd[1:], "--study", str(folder)], check=True, cwd=ROOT)
-        (folder / "bench.json").write_text(json.dumps({"start": start, "end": time.time()}))
-    clock = json.loads((folder / "bench.json").read_text())
     command = " ".join([*cmd, "--study", f"runs/bench-tune/{name}"])
-    wall = clock["end"] - clock["start"]
-    return {"folder": folder, "trials": trials(folder, clock["start"]), "wall": wall, "command": command}
+    # The study is the trials that started within its budget: a later --resume of it must not count.
+    found = [t for t in trials(folder) if t["start"] <= minutes * 60]
+    wall = max(t["end"] for t in found if t["end"] is not None)
+    return {"folder": folder, "trials": found, "wall": wall, "command": command}
 
 
-def trials(folder: Path, start: float) -> list[dict[str, Any]]:
+def trials(folder: Path) -> list[dict[str, Any]]:
+    """The study's trials, times in seconds from the first trial's start (the study's wall clock)."""
     import optuna
     from optuna.storages.journal import JournalFileBackend
 
     storage = optuna.storages.JournalStorage(JournalFileBackend(str(folder / "journal.log")))
+    found = optuna.load_study(study_name="cnnlab", storage=storage).get_trials(deepcopy=False)
+    start = min(t.datetime_start.timestamp() for t in found if t.datetime_start)
     out = []
-    for t in optuna.load_study(study_name="cnnlab", storage=storage).get_trials(deepcopy=False):
+    for t in found:
         end = t.datetime_complete.timestamp() - start if t.datetime_complete else None
+        began = t.datetime_start.timestamp() - start if t.datetime_start else float("inf")
         run = folder / t.user_attrs.get("run", "")
         out.append({"number": t.number, "state": t.state.name.lower(), "value": t.value, "params": t.params,
-                    "end": end, "base": bool(t.user_attrs.get("base")), "run": run})  # fmt: skip
+                    "start": began, "end": end, "base": bool(t.user_attrs.get("base")), "run": run})  # fmt: skip
     return out
 
 

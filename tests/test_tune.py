@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import make_classify_folder, one_error_line, run_cli
 
+from cnnlab.config import load_config
 from cnnlab.errors import ConfigError
 from cnnlab.study.space import Param, param_option
 
@@ -189,6 +190,23 @@ def test_a_corrupt_or_unreachable_storage_is_one_line(tmp_path, cache_dir, monke
     code, _, err = run_cli(monkeypatch, capsys, "classify", "tune", "--resume", study / "s3")
     one_error_line(code, err, f"storage {journal}: cannot use it")
     assert journal.read_bytes().startswith(kept)  # the completed trial is still there
+
+
+def test_a_host_without_the_best_trials_folder_still_writes_its_recipe(tmp_path, cache_dir, monkeypatch, capsys):
+    # Hosts sharing a storage keep their trials' folders in their own --study: the best may be elsewhere.
+    data = make_classify_folder(tmp_path / "data", per_class=12)
+    journal = tmp_path / "shared.log"
+    args = ["--param", "optim.lr=1e-3..3e-1:log", "--trials", "2", "--pruner", "none", "--storage", journal]
+    for host in ("a", "b"):
+        code, out, err = run_cli(
+            monkeypatch, capsys, "classify", "tune", "--data", data, "--study", tmp_path / host, *SMALL, *args
+        )
+        assert code == 0, err
+    assert not (tmp_path / "b" / "trials" / "0000").exists()  # b found the study done and ran nothing
+    a, b = (load_config("classify", str(tmp_path / h / "best.yaml")) for h in ("a", "b"))
+    # The same recipe; a's also holds what the trial learnt of the data (classes, size, mean), b's learns it again.
+    assert a.model_dump(exclude={"data"}) == b.model_dump(exclude={"data"}) and a.data.dir == b.data.dir
+    assert "its test" not in out  # the test split is read where the trial's checkpoint is
 
 
 def test_resume_refuses_a_new_space(tmp_path, monkeypatch, capsys):

@@ -287,11 +287,18 @@ class Study:
         except ValueError:
             return summary
         run = self.folder / best.user_attrs["run"]
-        best_cfg = load_config(self.spec["task"], str(run / "config.yaml"))
+        here = (run / "config.yaml").is_file()
+        if here:
+            best_cfg = load_config(self.spec["task"], str(run / "config.yaml"))
+        else:  # it ran on another host, its folder there: its config is the base and its params
+            params = [f"{k}={value_text(v)}" for k, v in best.params.items()]
+            best_cfg = load_config(self.spec["task"], str(self.folder / "base.yaml"), params)
         best_cfg.train.test = True  # best.yaml is a recipe for a normal run
         dump_config(best_cfg, self.folder / "best.yaml")
         summary.update(best_trial=best.number, best_value=best.value, best_params=best.params, best_run=str(run))
-        if test := best_test(run):
+        if not here:
+            summary["best_run"] = f"{best.user_attrs.get('host', 'another host')}:{run}"
+        elif test := best_test(run):
             summary["best_test"] = test
         base = [t for t in trials if t.user_attrs.get("base") and t.value is not None]
         if base:
