@@ -65,6 +65,7 @@ def test_a_param_is_read_from_its_short_form(item, expected):
         ),
         (["--param", "optim.lr=0.1..0.2", "--param", "optim.lr=0.3..0.4"], "optim.lr is searched twice"),
         (["--param", "optim.lr=0.1..0.2", "--pruner", "asha"], "--pruner asha: choose one of median"),
+        (["--param", "optim.lr=0.1..0.2", "--prune-after", "0"], "--prune-after 0: give an epoch, 1 or later"),
     ],
 )
 def test_a_bad_space_is_one_line_before_any_trial(tmp_path, cache_dir, monkeypatch, capsys, args, expected):

@@ -274,6 +274,7 @@ def tune(
     workers: int = 1,
     resume: str | Path | None = None,
     pruner: str = "median",
+    prune_after: int = 3,
     overrides: Sequence[str] = (),
     **shortcuts: Any,
 ) -> dict[str, Any]:
@@ -284,7 +285,8 @@ def tune(
     the keys of the search space: `params` ("optim.lr=1e-4..1e-2:log", "train.batch_size=64,128"), a `space`
     YAML file, else the recipe's `tune:` section. The study folder is `study` (default
     runs/tune-<task>-<recipe>-<time>); `resume` continues one (or joins it from another process or host);
-    `storage` a database URL several hosts share."""
+    `storage` a database URL several hosts share. `pruner` (median, hyperband, none) may stop a trial from
+    epoch `prune_after` on."""
     from .study import create, read_spec, run_study
     from .study.space import param_option, recipe_space, space_file
 
@@ -307,7 +309,7 @@ def tune(
         folder = (
             Path(study) if study else runs.default_run_dir(base).with_name(f"tune-{runs.default_run_dir(base).name}")
         )
-        spec = create(folder, base, searched, trials, pruner, storage)
+        spec = create(folder, base, searched, trials, pruner, storage, prune_after)
     return run_study(folder, spec, workers=workers, timeout=timeout, storage=storage, say=console.print)
 
 

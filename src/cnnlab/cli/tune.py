@@ -42,6 +42,7 @@ def add_tune(sub: typer.Typer, task: str) -> None:
             None, metavar="STUDY", help="Continue a study (after a stop or kill), or join it from another host."
         ),
         pruner: str = typer.Option("median", metavar="NAME", help="Stop poor trials early: median, hyperband or none."),
+        prune_after: int = typer.Option(3, metavar="EPOCH", help="The first epoch at which a trial may be stopped."),
         set_: list[str] = typer.Option(
             [], "--set", metavar="KEY=VALUE", help="Set a base value for every trial, e.g. --set train.epochs=3."
         ),
@@ -58,8 +59,8 @@ def add_tune(sub: typer.Typer, task: str) -> None:
 
         summary = api.tune(
             task, recipe, params=param, space=space, trials=trials, timeout=timeout, study=study, storage=storage,
-            workers=workers, resume=resume, pruner=pruner, overrides=set_, epochs=epochs, limit=limit,
-            data_dir=data_dir,
+            workers=workers, resume=resume, pruner=pruner, prune_after=prune_after, overrides=set_, epochs=epochs,
+            limit=limit, data_dir=data_dir,
         )  # fmt: skip
         if "best_trial" in summary:
             typer.echo(f"best: trial {summary['best_trial']}, {summary['best_value']:.4f} ({summary['best_run']})")

@@ -102,12 +102,17 @@ def write_study_page(folder: Path, spec: dict[str, Any], study: Any) -> Path:
             _card("trials", f"{len(rows)}", ", ".join(f"{k} {v}" for k, v in states.items() if v)),
             _card(f"best val {metric}", f"{best['value']:.4f}" if best else "n/a",
                   f"trial {best['number']}" + _test_text(folder / str(best["run"]), metric) if best else ""),
-            _card("asked for", f"{spec['trials']}", f"pruner: {spec['pruner']}"),
+            _card("asked for", f"{spec['trials']}", _pruner_text(spec)),
         ]
     )  # fmt: skip
     header = f"<header><h1>cnnlab tune: {escape(spec['task'])}</h1><div class='cards'>{cards}</div></header>"
     page = _page(f"cnnlab tune: {spec['task']}", header, sections)
     return _write(folder / "report.html", page.replace("</body>", SORT_JS + "</body>"))
+
+
+def _pruner_text(spec: dict[str, Any]) -> str:
+    after = f" from epoch {spec.get('prune_after', 1)}" if spec["pruner"] != "none" else ""
+    return f"pruner: {spec['pruner']}{after}"
 
 
 def _test_text(run: Path, metric: str) -> str:

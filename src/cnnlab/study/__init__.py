@@ -35,6 +35,7 @@ from .space import Param, check_space, value_text
 
 HOST = socket.gethostname()
 PRUNERS = ("median", "hyperband", "none")
+PRUNE_AFTER = 3
 MAX_FAILED = 3  # trials failing on their own (a crash, not a lost process) before the study stops
 NAME = "cnnlab"  # the Optuna study's name in its storage
 
@@ -48,7 +49,7 @@ def _optuna() -> Any:
     return optuna
 
 
-def open_storage(url: str, pruner: str = "none") -> tuple[Any, Any]:
+def open_storage(url: str) -> tuple[Any, Any]:
     """(storage, Optuna study) at `url`, a database URL or a journal file, the study made if new; one line
     if it cannot be opened or read."""
     optuna = _optuna()
@@ -61,9 +62,7 @@ def open_storage(url: str, pruner: str = "none") -> tuple[Any, Any]:
             from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
             storage = optuna.storages.JournalStorage(JournalFileBackend(url, lock_obj=JournalFileOpenLock(url)))
-        study = optuna.create_study(
-            study_name=NAME, storage=storage, direction="maximize", pruner=_pruner(optuna, pruner), load_if_exists=True
-        )
+        study = optuna.create_study(study_name=NAME, storage=storage, direction="maximize", load_if_exists=True)
         study.get_trials(deepcopy=False)  # reads the whole journal: a corrupt one fails here, not mid-study
         return storage, study
     except Exception as e:  # drivers and the journal raise their own types; each becomes one line
@@ -73,22 +72,32 @@ def open_storage(url: str, pruner: str = "none") -> tuple[Any, Any]:
         ) from None
 
 
-def _pruner(optuna: Any, name: str) -> Any:
-    if name == "median":  # a trial below the median of earlier trials at the same epoch stops
-        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+def _pruner(optuna: Any, name: str, after: int) -> Any:
+    # `after`: the first epoch at which a trial may be stopped. Epoch 1 ranks settings badly (a large batch or a
+    # small rate starts slowly): pruning from there stopped most trials and lost to no pruning (BENCHMARKS.md).
+    if name == "median":  # a trial below the median of the finished trials at the same epoch stops
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=after)
     if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1)
+        return optuna.pruners.HyperbandPruner(min_resource=after)
     return optuna.pruners.NopPruner()
 
 
 def create(
-    folder: Path, base: RunConfig, space: Sequence[Param], trials: int, pruner: str, storage: str | None
+    folder: Path,
+    base: RunConfig,
+    space: Sequence[Param],
+    trials: int,
+    pruner: str,
+    storage: str | None,
+    prune_after: int = PRUNE_AFTER,
 ) -> dict[str, Any]:
     """A new study folder (refused if it holds anything) for `trials` trials of `space` on top of `base`."""
     if trials < 1:
         raise ConfigError(f"--trials {trials}: give at least 1")
     if pruner not in PRUNERS:
         raise ConfigError(f"--pruner {pruner}: choose one of {', '.join(PRUNERS)}")
+    if prune_after < 1:
+        raise ConfigError(f"--prune-after {prune_after}: give an epoch, 1 or later")
     check_dir(folder, "--study")
     if storage:
         open_storage(storage)  # an unreachable database: one line, before the folder is made
@@ -103,6 +112,7 @@ def create(
         "metric": get_task(base).primary,
         "trials": trials,
         "pruner": pruner,
+        "prune_after": prune_after,
         "storage": _stored(storage),
         "space": [asdict(p) for p in space],
         "seed": base.train.seed,
@@ -200,7 +210,7 @@ class Study:
         url = storage_url or spec["storage"]  # given: as given; study.json's journal: relative to the folder
         if not storage_url and "://" not in url:
             url = str(folder / url)
-        self.storage, self.study = open_storage(url, spec["pruner"])
+        self.storage, self.study = open_storage(url)
         if spec.get("first") and not self.study.get_trials(deepcopy=False):
             self.study.enqueue_trial(spec["first"], user_attrs={"base": True})
         self.lock = threading.Lock()
@@ -220,8 +230,8 @@ class Study:
 
     def work(self, worker: int, threads: int, deadline: float | None, say: Any) -> None:
         optuna = _optuna()
-        study = optuna.load_study(study_name=NAME, storage=self.storage, sampler=self.sampler(worker),
-                                  pruner=_pruner(optuna, self.spec["pruner"]))  # fmt: skip
+        pruner = _pruner(optuna, self.spec["pruner"], self.spec.get("prune_after", 1))  # older studies: from epoch 1
+        study = optuna.load_study(study_name=NAME, storage=self.storage, sampler=self.sampler(worker), pruner=pruner)
         n = self.spec["trials"]
         while True:
             with self.lock:
