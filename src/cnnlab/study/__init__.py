@@ -35,7 +35,6 @@ from .space import Param, check_space, value_text
 
 HOST = socket.gethostname()
 PRUNERS = ("median", "hyperband", "none")
-PRUNE_AFTER = 3
 MAX_FAILED = 3  # trials failing on their own (a crash, not a lost process) before the study stops
 NAME = "cnnlab"  # the Optuna study's name in its storage
 
@@ -89,7 +88,7 @@ def create(
     trials: int,
     pruner: str,
     storage: str | None,
-    prune_after: int = PRUNE_AFTER,
+    prune_after: int,
 ) -> dict[str, Any]:
     """A new study folder (refused if it holds anything) for `trials` trials of `space` on top of `base`."""
     if trials < 1:
