@@ -310,3 +310,18 @@ def test_every_shipped_recipe_has_a_space_its_model_takes(tmp_path, task, recipe
     assert len(space) >= 3
     check_space(space, task, str(tmp_path / "base.yaml"), [], recipe)  # every edge value builds the model
     assert all(p.holds(getattr(getattr(base, p.key.split(".")[0]), p.key.split(".")[1])) for p in space)
+
+
+def test_hyperbands_top_rung_is_the_longest_trial_the_space_allows():
+    import optuna
+
+    from cnnlab.resolve import resolve_config
+    from cnnlab.study import _longest, _pruner
+    from cnnlab.study.space import recipe_space
+
+    seed_a, best = resolve_config("fashion", "seed-a", []), resolve_config("fashion", "best", [])
+    assert _longest(seed_a, recipe_space("fashion", "seed-a")) == 20  # train.epochs: 4..20, step 4
+    assert _longest(best, recipe_space("fashion", "best")) == 38  # epochs not searched: the recipe's own
+    assert _longest(seed_a, [Param("train.epochs", choices=(5, 30, 10))]) == 30
+    pruner = _pruner(optuna, "hyperband", 3, 20)
+    assert (pruner._min_resource, pruner._max_resource) == (3, 20)
